@@ -1,0 +1,3 @@
+from qtrace.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""Atomic file writes and output-folder guards.
+
+Every file qtrace writes goes to a temporary name beside its target and is renamed into
+place, so a crash or Ctrl-C never leaves a half-written report or trace behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from qtrace.errors import RunFolderError
+
+INCOMPLETE_MARKER = "INCOMPLETE"
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", gz: bool = False) -> Iterator[IO]:
+    """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if gz:
+            with gzip.open(tmp, mode if "b" in mode else mode + "t", compresslevel=6) as fh:
+                yield fh
+        else:
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
+                yield fh
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, gz: bool = False) -> None:
+    with atomic_open(path, "wb", gz=gz) as fh:
+        fh.write(data)
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    """Pretty JSON (2-space indent), atomically."""
+    write_bytes(path, msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
+
+
+def prepare_out_dir(path: str | os.PathLike, force: bool) -> Path:
+    """Create `path` for a new result; refuse an existing non-empty folder unless `force`."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise RunFolderError(
+            f"--out {out} already holds results; pass --force to overwrite, or pick another folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def mark_incomplete(out: Path, why: str) -> None:
+    write_text(out / INCOMPLETE_MARKER, why.rstrip() + "\n")
+
+
+def clear_incomplete(out: Path) -> None:
+    (out / INCOMPLETE_MARKER).unlink(missing_ok=True)
