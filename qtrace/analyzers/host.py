@@ -1,0 +1,203 @@
+"""Host side: is the GPU waiting for the CPU, and which phase was the CPU in while it waited?
+
+Window figures: span, GPU busy time (union of all GPU event intervals on all streams), GPU
+idle time (span minus busy), launches, host synchronizations, and a verdict. GPU idle time is
+also split by the phase of the host op running on the launching thread at that moment
+(``exposed_us``): that is the host cost a user actually waits for, and with the GPU busy time it
+adds up to the span.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
+from qtrace.trace import Trace
+
+HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
+GPU_BOUND_IDLE_SHARE = 0.1
+OUTSIDE_OPS = "other"  # exposed time when the launching thread runs no op (Python, framework)
+
+
+def merge_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of intervals, as sorted disjoint (starts, ends)."""
+    if len(starts) == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    e = np.maximum.accumulate(ends[order])
+    # A new interval starts wherever it begins after everything before it has ended.
+    new = np.ones(len(s), dtype=bool)
+    new[1:] = s[1:] > e[:-1]
+    idx = np.flatnonzero(new)
+    merged_s = s[idx]
+    merged_e = np.append(e[idx[1:] - 1], e[-1])
+    return merged_s, merged_e
+
+
+def window(trace: Trace) -> tuple[float, float]:
+    """[start, end] of the profiled work: first to last host op or GPU event."""
+    starts, ends = [], []
+    for df in (trace.ops, trace.gpu):
+        if len(df):
+            starts.append(df["ts"].min())
+            ends.append(df["end"].max())
+    if not starts:
+        return 0.0, 0.0
+    return float(min(starts)), float(max(ends))
+
+
+def busy_intervals(gpu: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return merge_intervals(gpu["ts"].to_numpy(dtype=float), gpu["end"].to_numpy(dtype=float))
+
+
+def covered_in(starts: np.ndarray, ends: np.ndarray, lo: float, hi: float) -> float:
+    """Length of the union intervals (starts, ends) inside [lo, hi]."""
+    if len(starts) == 0 or hi <= lo:
+        return 0.0
+    return float(np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).sum())
+
+
+def launch_thread(trace: Trace) -> tuple[str, str] | None:
+    """(pid, tid) of the thread that made most runtime calls: the one feeding the GPU."""
+    rt = trace.runtime
+    if not len(rt):
+        return None
+    pid, tid = rt.groupby(["pid", "tid"]).size().idxmax()
+    return str(pid), str(tid)
+
+
+def host_summary(trace: Trace) -> dict:
+    """Window figures and the verdict, as plain Python numbers."""
+    lo, hi = window(trace)
+    span = hi - lo
+    gpu = trace.gpu
+    bs, be = busy_intervals(gpu)
+    busy = covered_in(bs, be, lo, hi)
+    rt = runtime_phases(trace)
+    syncs = rt[rt["is_sync"]]
+    idle = max(span - busy, 0.0)
+    idle_share = idle / span if span > 0 else 0.0
+    if not len(gpu):
+        verdict = "cpu-only: the trace holds no GPU activity; phases are measured in host (CPU) time"
+    elif idle_share > HOST_BOUND_IDLE_SHARE:
+        verdict = (f"host-bound: the GPU idles {idle_share:.0%} of the window; "
+                   f"{len(syncs)} host syncs block the CPU for {syncs['dur'].sum() / 1000:.2f} ms")
+    elif idle_share < GPU_BOUND_IDLE_SHARE:
+        verdict = f"GPU-bound: the GPU is busy {1 - idle_share:.0%} of the window"
+    else:
+        verdict = (f"mixed: the GPU idles {idle_share:.0%} of the window; "
+                   f"{len(syncs)} host syncs block the CPU for {syncs['dur'].sum() / 1000:.2f} ms")
+    by_call = syncs.groupby("name")["dur"].agg(["count", "sum"])
+    return {
+        "span_us": span,
+        "gpu_busy_us": busy,
+        "gpu_idle_us": idle,
+        "gpu_idle_share": idle_share,
+        "launches": int(rt["is_launch"].sum()),
+        "syncs": int(len(syncs)),
+        "sync_us": float(syncs["dur"].sum()),
+        "syncs_by_call": {str(k): {"count": int(v["count"]), "us": float(v["sum"])} for k, v in by_call.iterrows()},
+        "host_op_us": float(op_phases(trace).query("cat == 'cpu_op'")["self_us"].sum()),
+        "verdict": verdict,
+    }
+
+
+def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
+    """Non-overlapping [start, end) segments of one thread labelled with the innermost op's phase.
+
+    Runtime calls count as leaves inside their op. Time on the thread inside no cpu_op is
+    labelled OUTSIDE_OPS.
+    """
+    ops = op_phases(trace)
+    rt = runtime_phases(trace)
+    pid, tid = thread
+    o = ops[(ops["pid"] == pid) & (ops["tid"] == tid) & (ops["cat"] == "cpu_op")]
+    r = rt[(rt["pid"] == pid) & (rt["tid"] == tid)]
+    ev = pd.concat([
+        pd.DataFrame({"ts": o["ts"].to_numpy(), "end": o["end"].to_numpy(), "phase": o["phase"].to_numpy()}),
+        pd.DataFrame({"ts": r["ts"].to_numpy(), "end": r["end"].to_numpy(), "phase": r["phase"].to_numpy()}),
+    ], ignore_index=True)
+    if ev.empty:
+        return pd.DataFrame(columns=["start", "end", "phase"])
+    ev["neg_end"] = -ev["end"]
+    ev = ev.sort_values(["ts", "neg_end"], kind="stable")
+    seg_s: list[float] = []
+    seg_e: list[float] = []
+    seg_p: list[str] = []
+    stack: list[tuple[float, str]] = []  # (end, phase) of open ranges
+    cursor = float(ev["ts"].iloc[0])
+
+    def emit(upto: float) -> None:
+        nonlocal cursor
+        if upto > cursor:
+            seg_s.append(cursor)
+            seg_e.append(upto)
+            seg_p.append(stack[-1][1] if stack else OUTSIDE_OPS)
+            cursor = upto
+
+    for ts, end, phase in zip(ev["ts"].to_numpy(), ev["end"].to_numpy(), ev["phase"].to_numpy(), strict=True):
+        while stack and stack[-1][0] <= ts:
+            emit(stack[-1][0])
+            stack.pop()
+        emit(ts)
+        stack.append((max(end, ts), phase))
+    while stack:
+        emit(stack[-1][0])
+        stack.pop()
+    return pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
+
+
+def exposed_host_time(trace: Trace) -> pd.Series:
+    """GPU idle time in the window, split by the phase the launching thread was in (µs).
+
+    Sums to `gpu_idle_us` of host_summary: time before the thread's first op or after its last
+    one, and gaps between ops, count as OUTSIDE_OPS.
+    """
+    lo, hi = window(trace)
+    thread = launch_thread(trace)
+    if thread is None or hi <= lo or not len(trace.gpu):
+        return pd.Series(dtype=float)
+    bs, be = busy_intervals(trace.gpu)
+    bs, be = np.clip(bs, lo, hi), np.clip(be, lo, hi)
+    # idle_before(t): idle time in [lo, t]; piecewise linear with breakpoints at busy edges.
+    xs = np.concatenate([[lo], np.ravel(np.column_stack([bs, be])), [hi]])
+    busy_cum = np.concatenate([[0.0], np.ravel(np.column_stack([np.zeros_like(bs), be - bs])).cumsum(), [0.0]])
+    busy_cum[-1] = busy_cum[-2]
+    idle_cum = (xs - lo) - busy_cum
+    segs = _self_segments(trace, thread)
+    if segs.empty:
+        return pd.Series({OUTSIDE_OPS: float(idle_cum[-1])})
+    s = np.clip(segs["start"].to_numpy(dtype=float), lo, hi)
+    e = np.clip(segs["end"].to_numpy(dtype=float), lo, hi)
+    overlap = np.interp(e, xs, idle_cum) - np.interp(s, xs, idle_cum)
+    exposed = pd.Series(overlap, index=segs["phase"].to_numpy()).groupby(level=0).sum()
+    uncovered = float(idle_cum[-1]) - float(exposed.sum())
+    exposed[OUTSIDE_OPS] = exposed.get(OUTSIDE_OPS, 0.0) + max(uncovered, 0.0)
+    return exposed.clip(lower=0.0)
+
+
+def step_table(trace: Trace) -> pd.DataFrame:
+    """Per profiler step (ProfilerStep#N): span, GPU time, busy, idle, launches, syncs."""
+    ops = trace.ops
+    steps = ops[(ops["cat"] == "user_annotation") & ops["name"].str.match(r"^ProfilerStep#\d+$")]
+    cols = ["step", "span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us"]
+    if steps.empty:
+        return pd.DataFrame(columns=cols)
+    gpu = gpu_phases(trace)
+    rt = runtime_phases(trace)
+    rows = []
+    for s in steps.itertuples():
+        n = int(s.name.split("#", 1)[1])
+        g = gpu[gpu["step"] == n]
+        r = rt[rt["step"] == n]
+        lo = float(s.ts)
+        hi = float(max(s.end, g["end"].max() if len(g) else s.end))
+        bs, be = busy_intervals(g)
+        busy = covered_in(bs, be, lo, hi)
+        sync = r[r["is_sync"]]
+        rows.append({"step": n, "span_us": hi - lo, "gpu_time_us": float(g["dur"].sum()), "gpu_busy_us": busy,
+                     "gpu_idle_us": max(hi - lo - busy, 0.0), "launches": int(r["is_launch"].sum()),
+                     "syncs": int(len(sync)), "sync_us": float(sync["dur"].sum())})
+    return pd.DataFrame(rows, columns=cols)
