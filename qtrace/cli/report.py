@@ -1,0 +1,49 @@
+"""`qtrace report PATH`: where did the time go, phase by phase, on the GPU and on the host."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import msgspec
+
+from qtrace.fileio import prepare_out_dir
+from qtrace.report import analyze_target, load_target
+from qtrace.reports import trace_report
+
+
+@click.command("report")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True,
+              help="What to print on stdout.")
+@click.option("--out", "out_dir", type=click.Path(path_type=str), default=None,
+              help="Also write report.md, report.json and CSVs (and HTML, when available) into this folder.")
+@click.option("--force", is_flag=True, help="Overwrite an existing non-empty --out folder.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="How many kernels to list.")
+def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) -> None:
+    """Attribute GPU time and host time of a trace (or each trace of a run folder) to phases.
+
+    PATH is a torch.profiler Chrome trace (.json or .json.gz) or a run folder written by
+    `qtrace profile`.
+    """
+    out = prepare_out_dir(out_dir, force) if out_dir else None
+    target = load_target(path)
+    reports = analyze_target(target, top=top)
+    if out is not None:
+        trace_report.write_outputs(reports, out, str(target.path), target.run)
+        try:
+            from qtrace.reports import html
+        except ImportError:
+            html = None
+        if html is not None:
+            html.write_report_html(reports, out)
+        click.echo(f"wrote reports to {out}", err=True)
+    if fmt == "json":
+        sys.stdout.write(msgspec.json.encode(trace_report.to_json_obj(reports, str(target.path), target.run)).decode())
+        sys.stdout.write("\n")
+    elif fmt == "md":
+        click.echo(trace_report.render_markdown(reports))
+    elif fmt == "csv":
+        click.echo(trace_report.render_csv(reports), nl=False)
+    else:
+        click.echo(trace_report.render_text(reports))

@@ -1,0 +1,170 @@
+"""Assemble the analyzers' answers for one trace, or for each trace of a `qtrace profile` run.
+
+`analyze_trace` returns a `TraceReport`: DataFrames for Python users and `to_dict()` for the
+JSON output (the schema in docs/report.md). `load_target` resolves what a user passes on the
+command line: a trace file or a run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pandas as pd
+
+from qtrace.analyzers.host import host_summary, step_table
+from qtrace.analyzers.kernels import kernel_table
+from qtrace.analyzers.phases import coverage, gpu_time_us, phase_table
+from qtrace.errors import QtraceError
+from qtrace.trace import Trace, load_trace
+
+TRACE_SUFFIXES = (".json", ".json.gz")
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TraceReport:
+    """Everything qtrace says about one trace."""
+
+    source: str
+    trace: Trace
+    phases: pd.DataFrame
+    kernels: pd.DataFrame
+    steps: pd.DataFrame
+    host: dict[str, Any]
+    gpu_time_us: float
+    coverage: float
+    precision: str | None = None
+    measured: dict[str, Any] | None = None  # un-profiled figures from run.json, when known
+    extra: dict[str, Any] = field(default_factory=dict)  # further analyzers' sections (memory, ...)
+
+    @property
+    def device(self) -> str | None:
+        return self.trace.device_name
+
+    def to_dict(self) -> dict[str, Any]:
+        meta = self.trace.qtrace_meta
+        out: dict[str, Any] = {
+            "source": self.source,
+            "precision": self.precision,
+            "device": self.device,
+            "model": meta.get("model"),
+            "gpu_time_us": self.gpu_time_us,
+            "coverage": self.coverage,
+            "phases": _records(self.phases),
+            "host": self.host,
+            "steps": _records(self.steps),
+            "kernels": _records(self.kernels),
+        }
+        if self.measured is not None:
+            out["measured"] = self.measured
+        out.update(self.extra)
+        return out
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as JSON-ready dicts with plain Python numbers."""
+    return msgspec.json.decode(df.to_json(orient="records", double_precision=15)) if len(df) else []
+
+
+def precision_of(trace: Trace) -> str | None:
+    meta = trace.qtrace_meta
+    if meta.get("precision"):
+        return str(meta["precision"])
+    names = trace.ops["name"]
+    if names.str.startswith("bitsandbytes::int8").any():
+        return "int8"
+    if names.str.contains(r"bitsandbytes::(?:gemm_4bit|gemv_4bit|dequantize_4bit)", regex=True).any():
+        return "nf4"
+    return None
+
+
+def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None = None,
+                  precision: str | None = None) -> TraceReport:
+    report = TraceReport(
+        source=trace.source,
+        trace=trace,
+        phases=phase_table(trace),
+        kernels=kernel_table(trace, top),
+        steps=step_table(trace),
+        host=host_summary(trace),
+        gpu_time_us=gpu_time_us(trace),
+        coverage=coverage(trace),
+        precision=precision or precision_of(trace),
+        measured=measured,
+    )
+    for name, section in _extra_sections(trace, measured).items():
+        report.extra[name] = section
+    return report
+
+
+def _extra_sections(trace: Trace, measured: dict[str, Any] | None) -> dict[str, Any]:
+    """Sections from analyzers that answer further questions (memory); each is optional."""
+    sections: dict[str, Any] = {}
+    try:
+        from qtrace.analyzers import memory
+    except ImportError:
+        return sections
+    sections["memory"] = memory.memory_section(trace, measured)
+    return sections
+
+
+@dataclass
+class Target:
+    """What the user pointed at: one trace file, or a run folder with one trace per precision."""
+
+    path: Path
+    traces: list[tuple[str | None, Path]]  # (precision or None, trace path)
+    run: dict[str, Any] | None = None
+
+    def measured(self, precision: str | None) -> dict[str, Any] | None:
+        if not self.run or precision is None:
+            return None
+        entry = self.run.get("precisions", {}).get(precision)
+        if not isinstance(entry, dict):
+            return None
+        keep = ("latency_ms", "generate", "memory", "load", "timer", "compute_dtype", "status", "error")
+        return {k: entry[k] for k in keep if k in entry}
+
+
+def load_target(path: str | os.PathLike) -> Target:
+    """Resolve a trace file or a `qtrace profile` run folder, or fail with one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise QtraceError(f"{p}: no such file or folder")
+    if p.is_file():
+        return Target(path=p, traces=[(None, p)])
+    run_file = p / RUN_FILE
+    run: dict[str, Any] | None = None
+    if run_file.is_file():
+        try:
+            run = msgspec.json.decode(run_file.read_bytes())
+        except msgspec.DecodeError as exc:
+            raise QtraceError(f"{run_file}: not valid JSON ({exc})") from None
+        if not isinstance(run, dict):
+            raise QtraceError(f"{run_file}: not a qtrace run.json (not an object)")
+    traces: list[tuple[str | None, Path]] = []
+    if run is not None:
+        for prec, entry in (run.get("precisions") or {}).items():
+            if isinstance(entry, dict) and entry.get("trace"):
+                tp = p / str(entry["trace"])
+                if tp.is_file():
+                    traces.append((str(prec), tp))
+    if not traces:
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(TRACE_SUFFIXES)
+                       and f.name != RUN_FILE and "trace" in f.name)
+        traces = [(f.parent.name if f.parent != p else None, f) for f in found]
+    if not traces:
+        raise QtraceError(f"{p}: folder holds no trace (expected run.json from `qtrace profile`, or *trace*.json[.gz])")
+    return Target(path=p, traces=traces, run=run)
+
+
+def analyze_target(target: Target, top: int = 15) -> list[TraceReport]:
+    reports = []
+    for precision, trace_path in target.traces:
+        trace = load_trace(trace_path)
+        reports.append(analyze_trace(trace, top=top, measured=target.measured(precision), precision=precision))
+    return reports

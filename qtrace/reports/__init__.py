@@ -1,0 +1,1 @@
+"""Renderers: turn TraceReports (and comparisons) into terminal tables, Markdown, CSV, JSON, HTML."""
