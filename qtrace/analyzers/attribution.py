@@ -25,6 +25,22 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 ASYNC_COPY_CALLS = ("cudaMemcpyAsync", "cudaMemcpy2DAsync", "cuMemcpyDtoHAsync_v2", "cuMemcpyHtoDAsync_v2")
 
 
+def window(trace: Trace) -> tuple[float, float]:
+    """[start, end] of the profiled work: first to last host op or GPU event.
+
+    Runtime calls are left out on purpose: the profiler's own cudaDeviceSynchronize when it
+    stops lies after the last op and is not the model's.
+    """
+    starts, ends = [], []
+    for df in (trace.ops, trace.gpu):
+        if len(df):
+            starts.append(df["ts"].min())
+            ends.append(df["end"].max())
+    if not starts:
+        return 0.0, 0.0
+    return float(min(starts)), float(max(ends))
+
+
 def _cache(trace: Trace) -> dict:
     cache = trace.__dict__.setdefault("_qtrace_cache", {})
     return cache
@@ -153,7 +169,10 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
     # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
     pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].str.contains("Pageable", regex=False)]["runtime"]
-    rt["is_sync"] = rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS) & rt.index.isin(pageable))
+    lo, hi = window(trace)
+    inside = (rt["ts"] >= lo) & (rt["ts"] <= hi)
+    rt["is_sync"] = inside & (rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS)
+                                                            & rt.index.isin(pageable)))
     ctx = _contexts_for(trace, rt_op)
     rt["step"] = ctx["step"].to_numpy()
     rt["step_name"] = ctx["step_name"].to_numpy()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
+from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
 from qtrace.trace import Trace
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
@@ -34,18 +34,6 @@ def merge_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, n
     merged_s = s[idx]
     merged_e = np.append(e[idx[1:] - 1], e[-1])
     return merged_s, merged_e
-
-
-def window(trace: Trace) -> tuple[float, float]:
-    """[start, end] of the profiled work: first to last host op or GPU event."""
-    starts, ends = [], []
-    for df in (trace.ops, trace.gpu):
-        if len(df):
-            starts.append(df["ts"].min())
-            ends.append(df["end"].max())
-    if not starts:
-        return 0.0, 0.0
-    return float(min(starts)), float(max(ends))
 
 
 def busy_intervals(gpu: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
