@@ -79,6 +79,14 @@ def precision_of(trace: Trace) -> str | None:
         return "int8"
     if names.str.contains(r"bitsandbytes::(?:gemm_4bit|gemv_4bit|dequantize_4bit)", regex=True).any():
         return "nf4"
+    # No quantized op: name the dense precision by the dtype of the first GEMM's input.
+    gemms = trace.ops[trace.ops["name"].isin(["aten::linear", "aten::addmm", "aten::mm"])]
+    types = gemms["input_type"].dropna()
+    if len(types):
+        first = bytes(types.iloc[0])
+        for token, name in ((b"c10::Half", "fp16"), (b"c10::BFloat16", "bf16"), (b'"float"', "fp32")):
+            if token in first:
+                return name
     return None
 
 
