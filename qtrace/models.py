@@ -16,6 +16,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -60,15 +61,16 @@ class Preset:
         return TASKS if self.kind == "decoder" else ("forward", "classify")
 
 
-# Out-features of every quantized linear are multiples of 32: bitsandbytes' CPU NF4 path
-# repacks weights in blocks of 32 rows and refuses other shapes.
+# Every quantized linear has out_features % 32 == 0 and in_features % 64 == 0: bitsandbytes'
+# CPU NF4 path repacks weights in blocks of 32 rows and 64-element scale blocks and fails on
+# other shapes (CUDA has no such limit).
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
             "tiny-llama", "llama", "decoder",
             "default; CPU runs and CI: small enough that fp32,int8,nf4 finish in about a minute",
-            dict(vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+            dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
                  num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048),
         ),
         Preset(
@@ -485,6 +487,16 @@ def hidden_size(config: Any) -> int:
     if value is None:
         raise QtraceError("cannot tell this model's hidden size from its config")
     return int(value)
+
+
+def logical_params(model: Any) -> int:
+    """Parameter count as in the unquantized model (4-bit weights are stored two to a byte)."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        shape = getattr(state, "shape", None)
+        total += int(math.prod(shape)) if shape is not None else p.numel()
+    return total
 
 
 def config_summary(config: Any, arch: str | None = None, params: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,466 @@
+"""The measurement protocol and the torch.profiler capture.
+
+Per precision (see api.py for the loop): warm-up passes, then an **un-profiled** timed pass
+(CUDA events on a GPU, perf_counter on a CPU) with peak-memory readings, then a **profiled**
+pass of a few steps whose trace carries qtrace's annotations:
+
+* steps: `qtrace.step:forward` (forward/classify, one per iteration), `qtrace.step:prefill`
+  and `qtrace.step:decode` (generate: the first forward of a generation, then one per further
+  token), each inside the profiler's `ProfilerStep#N`;
+* modules: `qtrace.module:<ClassName>:<qualified.name>` around every transformer block, linear,
+  norm, attention, MLP and embedding module, from forward hooks that exist only during the
+  profiled pass (the timed pass runs the bare model);
+* trace metadata: a top-level `"qtrace"` object (see docs/profile.md) and
+  `"distributedInfo": {"rank": 0}` for HTA.
+
+The profiler slows a host-bound int8 forward about 3x, which is why the figures come from the
+timed pass and the trace only from the profiled one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qtrace import device as qdevice
+from qtrace.fileio import atomic_open
+
+STEP_FORWARD = "qtrace.step:forward"
+STEP_PREFILL = "qtrace.step:prefill"
+STEP_DECODE = "qtrace.step:decode"
+MODULE_PREFIX = "qtrace.module:"
+
+Progress = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+
+
+def stats(values: list[float]) -> dict[str, float | int | None]:
+    """median, p90 (linear interpolation, as numpy's default), min, mean, sample stdev, n."""
+    n = len(values)
+    if n == 0:
+        return {"median": None, "p90": None, "min": None, "mean": None, "stdev": None, "n": 0}
+    ordered = sorted(values)
+    pos = 0.9 * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    p90 = ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return {
+        "median": _r(statistics.median(ordered)),
+        "p90": _r(p90),
+        "min": _r(ordered[0]),
+        "mean": _r(statistics.fmean(ordered)),
+        "stdev": _r(statistics.stdev(ordered)) if n > 1 else 0.0,
+        "n": n,
+    }
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+# ---------------------------------------------------------------------------------------
+# Workload
+
+
+@dataclass
+class Workload:
+    """One iteration's inputs and what to do with them."""
+
+    task: str
+    batch_size: int
+    seq_len: int
+    new_tokens: int
+    kind: str  # "decoder" | "encoder"
+    input_ids: Any
+    attention_mask: Any
+    pad_token_id: int
+
+
+def make_workload(model: Any, kind: str, task: str, batch_size: int, seq_len: int, new_tokens: int,
+                  seed: int, device: Any) -> Workload:
+    """Random token ids from a seeded generator (same ids for every precision of a run)."""
+    import torch
+
+    vocab = int(model.config.vocab_size)
+    pad = int(model.config.pad_token_id)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen)
+    # A pad id inside the prompt would make classification pool an earlier token.
+    ids = torch.where(ids == pad, (ids + 1) % vocab, ids)
+    return Workload(task, batch_size, seq_len, new_tokens, kind, ids.to(device),
+                    torch.ones_like(ids).to(device), pad)
+
+
+def run_forward(model: Any, work: Workload) -> Any:
+    extra = {"use_cache": False} if work.kind == "decoder" else {}
+    return model(input_ids=work.input_ids, attention_mask=work.attention_mask, **extra)
+
+
+def run_generate(model: Any, work: Workload, processors: list[Any] | None = None) -> Any:
+    from transformers import LogitsProcessorList
+
+    return model.generate(
+        input_ids=work.input_ids, attention_mask=work.attention_mask,
+        max_new_tokens=work.new_tokens, min_new_tokens=work.new_tokens,  # always exactly N tokens
+        do_sample=False, num_beams=1, use_cache=True, pad_token_id=work.pad_token_id,
+        logits_processor=LogitsProcessorList(processors or []),
+    )
+
+
+def run_once(model: Any, work: Workload) -> None:
+    if work.task == "generate":
+        run_generate(model, work)
+    else:
+        run_forward(model, work)
+
+
+# ---------------------------------------------------------------------------------------
+# Clocks
+
+
+class PerfClock:
+    """Host wall clock: right on a CPU, where every op is synchronous."""
+
+    kind = "perf_counter"
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def finish(self) -> None:
+        pass
+
+    def ms(self, a: float, b: float) -> float:
+        return (b - a) * 1e3
+
+
+class CudaClock:
+    """CUDA events on the current stream: they time the GPU timeline without a sync per
+    iteration, so back-to-back iterations queue as they would in a serving loop."""
+
+    kind = "cuda_event"
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self._device = device
+
+    def mark(self) -> Any:
+        event = self._torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def finish(self) -> None:
+        self._torch.cuda.synchronize(self._device)
+
+    def ms(self, a: Any, b: Any) -> float:
+        return float(a.elapsed_time(b))
+
+
+def make_clock(device: Any) -> PerfClock | CudaClock:
+    return CudaClock(device) if device.type == "cuda" else PerfClock()
+
+
+def _token_clock_class() -> type:
+    from transformers import LogitsProcessor
+
+    class TokenClock(LogitsProcessor):
+        """Marks the clock each time generate has fresh logits: the first mark ends the prefill
+        (time to first token), each later one ends one decode step."""
+
+        def __init__(self, clock: Any) -> None:
+            self.clock = clock
+            self.marks: list[Any] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            self.marks.append(self.clock.mark())
+            return scores
+
+    return TokenClock
+
+
+# ---------------------------------------------------------------------------------------
+# Timed pass
+
+
+@dataclass
+class Timing:
+    clock: str
+    per_iter_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+    memory: dict[str, int | None] = field(default_factory=dict)
+
+
+def warm_up(model: Any, work: Workload, n: int, device: Any, progress: Progress | None = None) -> None:
+    for i in range(n):
+        run_once(model, work)
+        if progress:
+            progress(f"warm-up {i + 1}/{n}")
+    _sync(device)
+
+
+def timed_pass(model: Any, work: Workload, iters: int, device: Any,
+               progress: Progress | None = None) -> Timing:
+    """The un-profiled timed pass, bracketed by peak-memory resets and readings."""
+    clock = make_clock(device)
+    _reset_peaks(device)
+    timing = Timing(clock=clock.kind)
+    marks: list[tuple[Any, Any, list[Any]]] = []
+    token_clock = _token_clock_class() if work.task == "generate" else None
+    for i in range(iters):
+        if token_clock is not None:
+            tc = token_clock(clock)
+            start = clock.mark()
+            run_generate(model, work, [tc])
+            marks.append((start, clock.mark(), tc.marks))
+        else:
+            start = clock.mark()
+            run_forward(model, work)
+            marks.append((start, clock.mark(), []))
+        if progress:
+            progress(f"timed {i + 1}/{iters}")
+    clock.finish()
+    for start, end, tokens in marks:
+        timing.per_iter_ms.append(clock.ms(start, end))
+        if tokens:
+            timing.ttft_ms.append(clock.ms(start, tokens[0]))
+            timing.decode_ms.extend(clock.ms(a, b) for a, b in zip(tokens, tokens[1:], strict=False))
+    timing.memory = _read_peaks(device)
+    return timing
+
+
+def _sync(device: Any) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _reset_peaks(device: Any) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    qdevice.reset_peak_rss()
+
+
+def _read_peaks(device: Any) -> dict[str, int | None]:
+    memory: dict[str, int | None] = {
+        "max_allocated_bytes": None, "max_reserved_bytes": None, "nvml_process_bytes": None,
+        "cpu_peak_rss_bytes": qdevice.peak_rss_bytes(),
+    }
+    if device.type == "cuda":
+        import torch
+
+        memory["max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        memory["max_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+        # Read right after the pass: the caching allocator still holds its peak blocks, so
+        # the driver's figure is the pass's footprint plus the CUDA context.
+        memory["nvml_process_bytes"] = qdevice.nvml_process_bytes(device)
+        memory["nvml_device_used_bytes"] = qdevice.nvml_device_used_bytes(device)
+    return memory
+
+
+def latency_block(timing: Timing, batch_size: int) -> dict[str, Any]:
+    return {
+        "per_iter": stats(timing.per_iter_ms),
+        "per_example": stats([t / batch_size for t in timing.per_iter_ms]),
+    }
+
+
+def generate_block(timing: Timing, work: Workload) -> dict[str, Any] | None:
+    if work.task != "generate":
+        return None
+    median = stats(timing.per_iter_ms)["median"]
+    return {
+        "ttft_ms": stats(timing.ttft_ms),
+        "decode_ms_per_token": stats(timing.decode_ms),
+        # Generated tokens of the whole batch per second of a median generate call.
+        "tokens_per_s": _r(work.batch_size * work.new_tokens / (median / 1e3)) if median else None,
+        "new_tokens": work.new_tokens,
+        "prompts": work.batch_size,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Annotations
+
+
+BLOCK_SUFFIXES = ("Layer", "Block")
+ATTENTION_SUFFIXES = ("Attention",)
+MLP_SUFFIXES = ("MLP", "FeedForward", "FFN")
+
+
+def module_role(name: str, module: Any, parent: Any) -> str | None:
+    """Which annotated kind a module is, or None (not annotated)."""
+    import torch
+
+    from qtrace.models import is_norm
+
+    cls = type(module).__name__
+    if isinstance(parent, torch.nn.ModuleList) and cls.endswith(BLOCK_SUFFIXES):
+        return "block"
+    if isinstance(module, torch.nn.Linear):  # bnb Linear8bitLt and Linear4bit subclass it
+        return "linear"
+    if is_norm(module):
+        return "norm"
+    if cls.endswith(ATTENTION_SUFFIXES):
+        return "attention"
+    if cls.endswith(MLP_SUFFIXES):
+        return "mlp"
+    # Embeddings (nn.Embedding, HF's *Embeddings blocks), not rotary tables (*RotaryEmbedding).
+    if isinstance(module, torch.nn.Embedding) or cls.endswith("Embeddings"):
+        return "embedding"
+    return None
+
+
+def annotated_modules(model: Any) -> list[tuple[str, Any]]:
+    """(annotation name, module) for every module the profiled pass brackets."""
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    out = []
+    for name, module in model.named_modules():
+        if name and module_role(name, module, parents.get(id(module))):
+            out.append((f"{MODULE_PREFIX}{type(module).__name__}:{name}", module))
+    return out
+
+
+@contextlib.contextmanager
+def module_annotations(model: Any) -> Iterator[int]:
+    """record_function ranges around the annotated modules, for the profiled pass only."""
+    handles = []
+    for label, module in annotated_modules(model):
+        pre, post = _range_hooks(label)
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post, always_call=True))
+    try:
+        yield len(handles) // 2
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _range_hooks(label: str) -> tuple[Callable[..., None], Callable[..., None]]:
+    from torch.autograd.profiler import record_function
+
+    stack: list[Any] = []  # a module may be re-entered (shared layers); close in LIFO order
+
+    def pre(_module: Any, _args: Any) -> None:
+        rf = record_function(label)
+        rf.__enter__()
+        stack.append(rf)
+
+    def post(_module: Any, _args: Any, _output: Any) -> None:
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+    return pre, post
+
+
+class StepAnnotator:
+    """Names each top-level forward inside generate: the first is the prefill, the rest decode."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.calls = 0
+        self._stack: list[Any] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> StepAnnotator:
+        self._handles = [
+            self.model.register_forward_pre_hook(self._pre, with_kwargs=True),
+            self.model.register_forward_hook(self._post, always_call=True),
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        while self._stack:
+            self._stack.pop().__exit__(None, None, None)
+
+    def new_generation(self) -> None:
+        self.calls = 0
+
+    def _pre(self, _module: Any, _args: Any, _kwargs: Any) -> None:
+        from torch.autograd.profiler import record_function
+
+        rf = record_function(STEP_PREFILL if self.calls == 0 else STEP_DECODE)
+        rf.__enter__()
+        self._stack.append(rf)
+        self.calls += 1
+
+    def _post(self, _module: Any, _args: Any, _output: Any) -> None:
+        if self._stack:
+            self._stack.pop().__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Profiled pass
+
+
+def profiled_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: Path,
+                  metadata: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
+    """Run 1 warm-up + `steps` recorded iterations under torch.profiler; write the gzipped trace."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, raw = tempfile.mkstemp(prefix=".trace.", suffix=".json", dir=trace_path.parent)
+    os.close(fd)
+    exported: list[bool] = []
+
+    def on_ready(prof: Any) -> None:
+        prof.export_chrome_trace(raw)
+        exported.append(True)
+
+    step_names = StepAnnotator(model) if work.task == "generate" else contextlib.nullcontext()
+    try:
+        with module_annotations(model) as n_modules, step_names as steps_ann, profile(
+            activities=activities,
+            schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+            record_shapes=True, profile_memory=True, with_stack=False,
+            on_trace_ready=on_ready,
+        ) as prof:
+            for i in range(1 + steps):
+                if i == 1:  # metadata is kept only once the profiler records (after its warm-up step)
+                    prof.add_metadata_json("qtrace", json.dumps({**metadata, "annotated_modules": n_modules}))
+                    prof.add_metadata_json("distributedInfo", json.dumps({"rank": 0}))
+                if work.task == "generate":
+                    steps_ann.new_generation()
+                    run_generate(model, work)
+                else:
+                    with record_function(STEP_FORWARD):
+                        run_forward(model, work)
+                _sync(device)
+                prof.step()
+                if progress:
+                    progress(f"profiled step {i}/{steps}" if i else "profiler warm-up step")
+        if not exported:
+            raise RuntimeError("torch.profiler produced no trace (schedule did not complete)")
+        _gzip_into(Path(raw), trace_path)
+    finally:
+        Path(raw).unlink(missing_ok=True)
+    return {"trace_bytes": trace_path.stat().st_size, "annotated_modules": n_modules}
+
+
+def _gzip_into(src: Path, dest: Path) -> None:
+    with open(src, "rb") as fin, atomic_open(dest, "wb", gz=True) as fout:
+        while chunk := fin.read(1 << 20):
+            fout.write(chunk)
