@@ -1,0 +1,547 @@
+"""Compare runs (precisions) against a baseline, phase by phase, so the explanation balances.
+
+Pure pandas over `TraceReport`s; no torch. The deltas of one comparison share one *unit*:
+
+- ``window``: raw window totals, as `qtrace report` prints them. Used when every trace holds
+  the same number of passes (or no pass count is known at all), so totals compare directly.
+- ``pass``: each run's window totals divided by its pass count. Used when pass counts differ
+  (e.g. a 3-step trace against a 5-step one).
+
+A trace's pass count comes from its ProfilerStep markers, else the ``profile_steps`` of qtrace's
+trace metadata, else the caller (``--passes``), else it is inferred when the sequence of top-level
+host ops repeats exactly N times (the shared H100 traces: 3 identical forward passes).
+
+Balance (per run; d(x) = x_run - x_baseline, all in the comparison's unit):
+
+    sum over phases d(gpu_time_us)  = d(gpu_time_us)                    (phase table sums to gpu_time)
+    sum over phases d(exposed_us)   = d(gpu_idle_us) - d(idle_unattributed_us)     (the latter is 0)
+    d(gpu_busy_us) + d(gpu_idle_us) = d(span_us)
+    d(gpu_busy_us)                  = d(gpu_time_us) - d(overlap_us)    (overlap: concurrent kernels)
+
+so the trace waterfall  baseline span + sum d(gpu_time) - d(overlap) + sum d(exposed) + d(unattributed)
+ends exactly at the run's span. Waterfalls are drawn per pass whenever pass counts are known. With
+un-profiled latencies, the measured waterfall keeps the GPU bars and scales the host-side bars so they
+end at the measured latency (see docs/compare.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qtrace.report import TraceReport
+from qtrace.taxonomy import PHASE_ORDER, group_of
+
+DELTA_FIELDS = ("gpu_time_us", "cpu_time_us", "launches", "host_syncs", "host_sync_us", "exposed_us")
+HOST_FIELDS = ("span_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us")
+PRECISION_WORDS = ("fp32", "fp16", "bf16", "int8", "nf4", "fp4", "int4")
+_TOL_US = 1e-6  # below this a balancing term is float noise and gets no bar of its own
+
+SOURCE_MEASURED = "measured: un-profiled median per iteration (run.json)"
+SOURCE_STEPS = "trace: median ProfilerStep span (profiled)"
+
+
+@dataclass
+class RunFigures:
+    """One run's figures in the comparison's unit (per pass, or per window)."""
+
+    label: str
+    report: TraceReport
+    passes: int | None
+    passes_source: str
+    scale: float  # multiply a window total by this to get the comparison's unit
+    per_pass: float | None  # multiply a figure in the comparison's unit by this to get it per pass
+    phases: pd.DataFrame  # indexed by phase; DELTA_FIELDS columns, scaled
+    host: dict[str, float]  # HOST_FIELDS scaled, plus overlap_us and idle_unattributed_us
+    gpu_time_us: float
+    measured_ms: float | None
+    trace_ms: float  # profiled latency per pass from the trace (step median, or span per unit)
+    trace_ms_source: str
+
+    @property
+    def source(self) -> str:
+        return self.report.source
+
+    @property
+    def precision(self) -> str | None:
+        return self.report.precision
+
+    @property
+    def inflation(self) -> float | None:
+        """Profiled per-pass span / un-profiled latency: how much the profiler slowed this run."""
+        if self.measured_ms and self.passes and self.per_pass is not None:
+            return self.trace_ms / self.measured_ms
+        return None
+
+
+@dataclass
+class RunComparison:
+    """A run against the baseline: latency ratio, host delta, waterfalls."""
+
+    run: RunFigures
+    latency_ratio: float | None
+    latency_source: str
+    host_delta: dict[str, float]
+    gpu_time_us_delta: float
+    waterfall_unit: str  # "pass" or "window"
+    trace_waterfall: list[dict[str, Any]]
+    measured_waterfall: list[dict[str, Any]] | None
+    measured_note: str | None
+
+
+@dataclass
+class Comparison:
+    baseline: RunFigures
+    runs: list[RunFigures]  # every run, the baseline included, in input order
+    unit: str  # "pass" or "window"
+    deltas: pd.DataFrame  # one row per (run, phase), phases only
+    comparisons: list[RunComparison]  # one per non-baseline run
+    memory_deltas: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def comparison_for(self, label: str) -> RunComparison:
+        return next(c for c in self.comparisons if c.run.label == label)
+
+    def to_dict(self) -> dict[str, Any]:
+        return comparison_to_dict(self)
+
+
+# --- labels and pass counts --------------------------------------------------------------------
+
+
+def _stem(source: str) -> str:
+    name = Path(source).name
+    for suffix in (".json.gz", ".json", ".gz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _guess_label(report: TraceReport) -> str:
+    if report.precision:
+        return report.precision
+    stem = _stem(report.source)
+    tokens = stem.replace("-", "_").split("_")
+    for word in PRECISION_WORDS:
+        if word in tokens:
+            return word
+    return stem
+
+
+def run_labels(reports: list[TraceReport]) -> list[str]:
+    """Short unique names: the precision where known (or found in the file name), else the file stem."""
+    labels = [_guess_label(r) for r in reports]
+    for i, lab in enumerate(labels):
+        if labels.count(lab) > 1:
+            stem = _stem(reports[i].source)
+            parent = Path(reports[i].source).parent.name
+            labels[i] = f"{lab}:{stem if stem != 'trace' else parent or stem}"
+    # Still duplicated (same file twice): number them.
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        n = seen.get(lab, 0)
+        seen[lab] = n + 1
+        out.append(lab if n == 0 and labels.count(lab) == 1 else f"{lab}#{n + 1}")
+    return out
+
+
+MIN_PASS_OPS = 8  # a repeating unit shorter than this is not a model pass (e.g. one op called N times)
+
+
+def repeated_passes(report: TraceReport) -> int | None:
+    """N when the launch thread's top-level host ops are one sequence repeated exactly N > 1 times."""
+    ops = report.trace.ops
+    if not len(ops):
+        return None
+    top = ops[(ops["parent"] == -1) & (ops["cat"] == "cpu_op")]
+    if top.empty:
+        return None
+    thread = top.groupby(["pid", "tid"]).size().idxmax()
+    top = top[(top["pid"] == thread[0]) & (top["tid"] == thread[1])].sort_values("ts", kind="stable")
+    names = top["name"].tolist()
+    n = len(names)
+    for k in range(n // MIN_PASS_OPS, 1, -1):
+        if n % k == 0:
+            unit = n // k
+            if all(names[i * unit:(i + 1) * unit] == names[:unit] for i in range(1, k)):
+                return k
+    return None
+
+
+def pass_count(report: TraceReport, passes: int | None = None) -> tuple[int | None, str]:
+    """How many passes the trace window holds, and how we know."""
+    if len(report.steps):
+        return len(report.steps), "ProfilerStep markers"
+    meta_steps = report.trace.qtrace_meta.get("profile_steps")
+    if isinstance(meta_steps, int) and not isinstance(meta_steps, bool) and meta_steps > 0:
+        return meta_steps, "qtrace metadata profile_steps"
+    if passes:
+        return passes, "--passes"
+    inferred = repeated_passes(report)
+    if inferred:
+        return inferred, f"inferred: the top-level op sequence repeats {inferred} times"
+    return None, "unknown"
+
+
+def measured_latency_ms(report: TraceReport) -> float | None:
+    m = report.measured or {}
+    lat = (m.get("latency_ms") or {}).get("per_iter") or {}
+    med = lat.get("median")
+    if isinstance(med, int | float) and math.isfinite(med) and med > 0:
+        return float(med)
+    return None
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def _figures(report: TraceReport, label: str, passes: int | None, passes_source: str, unit: str) -> RunFigures:
+    scale = 1.0 / passes if unit == "pass" and passes else 1.0
+    ph = report.phases.set_index("phase")
+    table = pd.DataFrame({f: ph[f].astype(float) * scale if f in ph else 0.0 for f in DELTA_FIELDS},
+                         index=ph.index)
+    h = report.host
+    host = {f: float(h.get(f, 0.0)) * scale for f in HOST_FIELDS}
+    gpu_time = float(report.gpu_time_us) * scale
+    # Two terms keep the waterfall exact whatever the trace: kernels running concurrently make
+    # summed GPU time exceed busy (union) time; idle time outside every phase row is unattributed.
+    host["overlap_us"] = gpu_time - host["gpu_busy_us"]
+    host["idle_unattributed_us"] = host["gpu_idle_us"] - float(table["exposed_us"].sum())
+    span = float(h.get("span_us", 0.0))
+    if len(report.steps):
+        trace_ms = float(report.steps["span_us"].median()) / 1000.0
+        trace_src = SOURCE_STEPS
+    elif passes:
+        trace_ms = span / passes / 1000.0
+        trace_src = f"trace: window span / {passes} passes (profiled)"
+    else:
+        trace_ms = span / 1000.0
+        trace_src = "trace: window span (profiled; pass count unknown)"
+    per_pass = (1.0 if unit == "pass" else 1.0 / passes) if passes else None
+    return RunFigures(label=label, report=report, passes=passes, passes_source=passes_source, scale=scale,
+                      per_pass=per_pass, phases=table, host=host, gpu_time_us=gpu_time,
+                      measured_ms=measured_latency_ms(report), trace_ms=trace_ms, trace_ms_source=trace_src)
+
+
+def _phase_delta(base: RunFigures, run: RunFigures) -> pd.DataFrame:
+    phases = [p for p in PHASE_ORDER if p in base.phases.index or p in run.phases.index]
+    phases += [p for p in dict.fromkeys(list(base.phases.index) + list(run.phases.index)) if p not in phases]
+    b = base.phases.reindex(phases, fill_value=0.0)
+    r = run.phases.reindex(phases, fill_value=0.0)
+    d = (r - b)[list(DELTA_FIELDS)]
+    d.columns = [f"{c}_delta" for c in DELTA_FIELDS]
+    d.insert(0, "group", [group_of(p) if p in PHASE_ORDER else p for p in phases])
+    d.insert(0, "phase", phases)
+    d.insert(0, "run", run.label)
+    return d.reset_index(drop=True)
+
+
+def _latency_ratio(base: RunFigures, run: RunFigures) -> tuple[float | None, str]:
+    """Un-profiled latencies when both runs have them; else the profiled per-pass (or window) spans."""
+    if base.measured_ms and run.measured_ms:
+        return run.measured_ms / base.measured_ms, SOURCE_MEASURED
+    if len(base.report.steps) and len(run.report.steps):
+        src = SOURCE_STEPS
+    elif base.passes and run.passes:
+        src = "trace: window span per pass (profiled)"
+    else:
+        src = "trace: window span (profiled; windows assumed to hold the same number of passes)"
+    if (base.passes and run.passes) or (len(base.report.steps) and len(run.report.steps)):
+        b, r = base.trace_ms, run.trace_ms
+    else:
+        b, r = base.host["span_us"], run.host["span_us"]
+    return (r / b if b > 0 else None), src
+
+
+def waterfall_factor(base: RunFigures, run: RunFigures) -> tuple[float, str]:
+    """Factor from the comparison unit to the waterfall's unit: per pass when both pass counts are known."""
+    if base.per_pass is not None and run.per_pass is not None and base.per_pass == run.per_pass:
+        return base.per_pass, "pass"
+    if base.scale != 1.0 or run.scale != 1.0:  # deltas already per pass
+        return 1.0, "pass"
+    return 1.0, "window"
+
+
+def trace_waterfall(base: RunFigures, run: RunFigures, deltas: pd.DataFrame,
+                    factor: float = 1.0) -> list[dict[str, Any]]:
+    """Baseline span -> run span: GPU-time delta per phase, overlap, GPU-idle delta per phase, rest.
+
+    Every step has ``kind`` (start, gpu, overlap, host, unattributed, end), ``label``, ``phase``
+    (or None) and ``value_us``; the non-total steps add up to end - start exactly. `factor`
+    turns the comparison's unit into the waterfall's (1/passes for window totals).
+    """
+    steps: list[dict[str, Any]] = [{"kind": "start", "label": f"{base.label} span", "phase": None,
+                                    "value_us": base.host["span_us"] * factor}]
+    for row in deltas.itertuples():
+        if row.gpu_time_us_delta != 0.0:
+            steps.append({"kind": "gpu", "label": f"GPU {row.phase}", "phase": row.phase,
+                          "value_us": float(row.gpu_time_us_delta) * factor})
+    overlap = -(run.host["overlap_us"] - base.host["overlap_us"]) * factor
+    if abs(overlap) > _TOL_US:
+        steps.append({"kind": "overlap", "label": "concurrent-kernel overlap", "phase": None, "value_us": overlap})
+    for row in deltas.itertuples():
+        if row.exposed_us_delta != 0.0:
+            steps.append({"kind": "host", "label": f"host {row.phase}", "phase": row.phase,
+                          "value_us": float(row.exposed_us_delta) * factor})
+    rest = (run.host["idle_unattributed_us"] - base.host["idle_unattributed_us"]) * factor
+    if abs(rest) > _TOL_US:
+        steps.append({"kind": "unattributed", "label": "GPU idle, no phase", "phase": None, "value_us": rest})
+    steps.append({"kind": "end", "label": f"{run.label} span", "phase": None,
+                  "value_us": run.host["span_us"] * factor})
+    return steps
+
+
+def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict[str, Any]],
+                       unit: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Measured baseline latency -> measured run latency, with the trace's shares scaled onto it.
+
+    The profiler inflates host time (every op and launch is recorded), hardly kernel time, so GPU
+    bars stay as traced and only the host-side bars are scaled: by k = (measured delta - GPU busy
+    delta) / traced GPU-idle delta. When k would be negative or undefined, the host side is one bar.
+    """
+    if not (base.measured_ms and run.measured_ms):
+        return None, "no un-profiled latency for both runs (give run folders from `qtrace profile`)"
+    if unit != "pass":
+        return None, "pass count unknown, so traced figures cannot be set per iteration (pass --passes N)"
+    d_meas = (run.measured_ms - base.measured_ms) * 1000.0
+    gpu_kinds, host_kinds = ("gpu", "overlap"), ("host", "unattributed")
+    d_busy = sum(s["value_us"] for s in trace_steps if s["kind"] in gpu_kinds)
+    d_idle = sum(s["value_us"] for s in trace_steps if s["kind"] in host_kinds)
+    host_target = d_meas - d_busy
+    k = host_target / d_idle if abs(d_idle) > _TOL_US else -1.0
+    out: list[dict[str, Any]] = [{"kind": "start", "label": f"{base.label} measured", "phase": None,
+                                  "value_us": base.measured_ms * 1000.0}]
+    out += [dict(s) for s in trace_steps[1:-1] if s["kind"] in gpu_kinds]
+    if k >= 0:
+        out += [{**s, "value_us": s["value_us"] * k} for s in trace_steps[1:-1] if s["kind"] in host_kinds]
+        note = (f"GPU bars as traced; host-side bars scaled by {k:.3f} = (measured delta - traced GPU busy delta) "
+                f"/ traced GPU-idle delta")
+    else:
+        out.append({"kind": "host", "label": "host side (measured - GPU busy)", "phase": None,
+                    "value_us": host_target})
+        note = ("the traced host-side delta cannot be scaled onto the measured one (opposite sign or zero): "
+                "shown as one bar")
+    out.append({"kind": "end", "label": f"{run.label} measured", "phase": None,
+                "value_us": run.measured_ms * 1000.0})
+    return out, note
+
+
+# --- memory (issue 4's section, when present) --------------------------------------------------
+
+
+def _memory_lists(section: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-phase lists of a memory section: {list key: {phase: {numeric field: value}}}."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    if not isinstance(section, dict):
+        return out
+    for key, value in section.items():
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) and "phase" in v for v in value):
+            continue
+        per: dict[str, dict[str, float]] = {}
+        for row in value:
+            nums = {k: float(v) for k, v in row.items()
+                    if k != "phase" and isinstance(v, int | float) and not isinstance(v, bool)}
+            acc = per.setdefault(str(row["phase"]), {})
+            for k, v in nums.items():
+                acc[k] = acc.get(k, 0.0) + v
+        out[key] = per
+    return out
+
+
+def memory_deltas(base: RunFigures, run: RunFigures) -> list[dict[str, Any]]:
+    """Per-phase memory deltas from report.extra['memory'] (empty while that analyzer is absent).
+
+    Memory figures are bytes at a moment (peaks) or per window (transients): not divided by passes.
+    """
+    b_sec = base.report.extra.get("memory")
+    r_sec = run.report.extra.get("memory")
+    b_lists, r_lists = _memory_lists(b_sec), _memory_lists(r_sec)
+    rows: list[dict[str, Any]] = []
+    for key in dict.fromkeys(list(b_lists) + list(r_lists)):
+        b, r = b_lists.get(key, {}), r_lists.get(key, {})
+        phases = [p for p in PHASE_ORDER if p in b or p in r]
+        phases += [p for p in dict.fromkeys(list(b) + list(r)) if p not in phases]
+        for p in phases:
+            fields = dict.fromkeys(list(b.get(p, {})) + list(r.get(p, {})))
+            row: dict[str, Any] = {"run": run.label, "section": key, "phase": p}
+            for f in fields:
+                row[f"{f}_delta"] = r.get(p, {}).get(f, 0.0) - b.get(p, {}).get(f, 0.0)
+            rows.append(row)
+    return rows
+
+
+def memory_totals_delta(base: RunFigures, run: RunFigures) -> dict[str, float]:
+    """Deltas of the memory section's top-level numbers (peak_allocated_bytes, ...)."""
+    b, r = base.report.extra.get("memory"), run.report.extra.get("memory")
+    if not isinstance(b, dict) or not isinstance(r, dict):
+        return {}
+    out = {}
+    for k in dict.fromkeys(list(b) + list(r)):
+        bv, rv = b.get(k), r.get(k)
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in (bv, rv)):
+            out[f"{k}_delta"] = float(rv) - float(bv)
+    return out
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def resolve_baseline(labels: list[str], reports: list[TraceReport], baseline: str | int | None) -> int:
+    """Index of the baseline: None = the first; an int index; or a label, precision or file name."""
+    from qtrace.errors import QtraceError
+
+    if baseline is None:
+        return 0
+    if isinstance(baseline, int) or (isinstance(baseline, str) and baseline.isdigit()):
+        i = int(baseline)
+        if not 0 <= i < len(labels):
+            raise QtraceError(f"--baseline {baseline}: index out of range (0..{len(labels) - 1})")
+        return i
+    for i, lab in enumerate(labels):
+        if baseline == lab:
+            return i
+    matches = [i for i, r in enumerate(reports)
+               if baseline in (r.precision, r.source, Path(r.source).name, _stem(r.source))]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise QtraceError(f"--baseline {baseline}: matches several runs ({', '.join(labels[i] for i in matches)})")
+    raise QtraceError(f"--baseline {baseline}: no such run (runs: {', '.join(labels)})")
+
+
+def _choose_unit(counts: list[tuple[int | None, str]], labels: list[str]) -> tuple[str, list, list[str]]:
+    """Window totals when all traces hold the same number of passes (or none is known); else per pass."""
+    known = [c for c, _ in counts if c]
+    notes: list[str] = []
+    if not known:
+        notes.append("no trace says how many passes it holds (no ProfilerStep markers, no qtrace metadata, no "
+                     "repeating op sequence): figures are per trace window, so the windows must hold the same "
+                     "work (or pass --passes N)")
+        return "window", counts, notes
+    if len(known) < len(counts):
+        unknown = [labels[i] for i, (c, _) in enumerate(counts) if not c]
+        if len(set(known)) == 1:
+            notes.append(f"pass count unknown for {', '.join(unknown)}: assumed {known[0]} like the others")
+            counts = [(c or known[0], s if c else "assumed like the other runs") for c, s in counts]
+        else:
+            notes.append(f"pass count unknown for {', '.join(unknown)}: counted as 1 pass (pass --passes N)")
+            counts = [(c or 1, s if c else "assumed 1") for c, s in counts]
+    if len({c for c, _ in counts}) == 1:
+        return "window", counts, notes
+    notes.append("the traces hold different numbers of passes (" +
+                 ", ".join(f"{labels[i]} {c}" for i, (c, _) in enumerate(counts)) + "): all figures are per pass")
+    return "pass", counts, notes
+
+
+def compare_reports(reports: list[TraceReport], baseline: str | int | None = None,
+                    passes: int | None = None, labels: list[str] | None = None) -> Comparison:
+    """Compare each report against the baseline (the first unless named)."""
+    from qtrace.errors import QtraceError
+
+    if len(reports) < 2:
+        raise QtraceError(f"compare needs at least two runs, got {len(reports)}")
+    labels = labels or run_labels(reports)
+    b_index = resolve_baseline(labels, reports, baseline)
+    unit, counts, notes = _choose_unit([pass_count(r, passes) for r in reports], labels)
+    figs = [_figures(r, labels[i], counts[i][0], counts[i][1], unit) for i, r in enumerate(reports)]
+    base = figs[b_index]
+    models = {str(r.trace.qtrace_meta.get("model")) for r in reports if r.trace.qtrace_meta.get("model")}
+    if len(models) > 1:
+        notes.append(f"the runs are of different models ({', '.join(sorted(models))}): deltas mix model and precision")
+    devices = {r.device for r in reports if r.device}
+    if len(devices) > 1:
+        notes.append(f"the runs come from different devices ({', '.join(sorted(devices))})")
+
+    delta_frames, comps, mem = [], [], []
+    for fig in figs:
+        if fig is base:
+            continue
+        d = _phase_delta(base, fig)
+        delta_frames.append(d)
+        ratio, src = _latency_ratio(base, fig)
+        host_delta = {f"{k}_delta": fig.host[k] - base.host[k]
+                      for k in (*HOST_FIELDS, "overlap_us", "idle_unattributed_us")}
+        factor, w_unit = waterfall_factor(base, fig)
+        tw = trace_waterfall(base, fig, d, factor)
+        mw, note = measured_waterfall(base, fig, tw, w_unit)
+        comps.append(RunComparison(run=fig, latency_ratio=ratio, latency_source=src, host_delta=host_delta,
+                                   gpu_time_us_delta=fig.gpu_time_us - base.gpu_time_us, waterfall_unit=w_unit,
+                                   trace_waterfall=tw, measured_waterfall=mw, measured_note=note))
+        mem += memory_deltas(base, fig)
+    cols = ["run", "phase", "group", *(f"{c}_delta" for c in DELTA_FIELDS)]
+    deltas = pd.concat(delta_frames, ignore_index=True) if delta_frames else pd.DataFrame(columns=cols)
+    return Comparison(baseline=base, runs=figs, unit=unit, deltas=deltas[cols], comparisons=comps,
+                      memory_deltas=mem, notes=notes)
+
+
+# --- JSON --------------------------------------------------------------------------------------
+
+
+def _num(x: float) -> float | int:
+    """Counts stay ints when whole (per window), figures stay floats."""
+    x = float(x)
+    return int(x) if x.is_integer() and abs(x) < 2**53 else x
+
+
+def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
+    meta = fig.report.trace.qtrace_meta
+    phases = []
+    for phase, row in fig.phases.iterrows():
+        phases.append({"phase": phase, "group": group_of(phase) if phase in PHASE_ORDER else phase,
+                       **{f: _num(row[f]) if f in ("launches", "host_syncs") else float(row[f]) for f in DELTA_FIELDS}})
+    out: dict[str, Any] = {
+        "run": fig.label,
+        "source": fig.source,
+        "precision": fig.precision,
+        "device": fig.report.device,
+        "model": meta.get("model"),
+        "passes": fig.passes,
+        "passes_source": fig.passes_source,
+        "gpu_time_us": fig.gpu_time_us,
+        "gpu_time_us_window": float(fig.report.gpu_time_us),
+        "latency": {"measured_ms": fig.measured_ms, "trace_ms": fig.trace_ms, "trace_source": fig.trace_ms_source,
+                    "profiler_inflation": fig.inflation},
+        "host": {k: _num(v) if k in ("launches", "syncs") else float(v) for k, v in fig.host.items()},
+        "phases": phases,
+        "is_baseline": fig is c.baseline,
+    }
+    if fig is c.baseline:
+        out.update({"latency_ratio": 1.0, "latency_source": None})
+        return out
+    comp = c.comparison_for(fig.label)
+    out.update({
+        "latency_ratio": comp.latency_ratio,
+        "latency_source": comp.latency_source,
+        "gpu_time_us_delta": comp.gpu_time_us_delta,
+        "host_delta": {k: _num(v) if k in ("launches_delta", "syncs_delta") else float(v)
+                       for k, v in comp.host_delta.items()},
+        "waterfall": {"unit": comp.waterfall_unit, "trace": comp.trace_waterfall, "measured": comp.measured_waterfall,
+                      "measured_note": comp.measured_note},
+    })
+    mem = memory_totals_delta(c.baseline, fig)
+    if mem:
+        out["memory_delta"] = mem
+    return out
+
+
+def comparison_to_dict(c: Comparison) -> dict[str, Any]:
+    deltas = []
+    for row in c.deltas.to_dict(orient="records"):
+        deltas.append({k: (_num(v) if k in ("launches_delta", "host_syncs_delta") else
+                           float(v) if isinstance(v, int | float) else v) for k, v in row.items()})
+    out: dict[str, Any] = {
+        "baseline": c.baseline.source,
+        "baseline_run": c.baseline.label,
+        "unit": c.unit,
+        "runs": [_run_dict(c, f) for f in c.runs],
+        "deltas": deltas,
+        "notes": c.notes,
+    }
+    if c.memory_deltas:
+        out["memory_deltas"] = c.memory_deltas
+    return out
