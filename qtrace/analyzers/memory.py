@@ -1,0 +1,680 @@
+"""Memory: what is live at the allocator's peak, and which phase allocated it.
+
+The question: "why does the quantized model need this much memory?". The answer is read from the
+allocator's ``[memory]`` events (``profile_memory=True``): each one is an allocation (+bytes) or a
+free (-bytes) of a block at an address, with the allocator's running "Total Allocated".
+
+Method, per device (device type + id: CUDA is type 1, CPU type 0):
+
+1. Events in time order. A free closes the most recent open block at its address on that device;
+   a free that finds no open block frees a block allocated before the profiled window.
+2. The peak is the event with the largest "Total Allocated" (the allocator's own figure).
+3. The blocks allocated inside the window and not yet freed at that event are live at the peak;
+   each one belongs to the phase of the op that allocated it (`op_phases`, the same rules as
+   `qtrace report`) and gets a tensor *kind* from `KINDS`.
+4. Whatever the peak holds beyond those blocks was allocated before the window (weights,
+   quantization state, caches): one entry, `resident`, so the entries add up to the peak exactly.
+   The running sum of the events' bytes is checked against "Total Allocated"; any disagreement is
+   reported in ``notes``, never hidden.
+
+Per phase, over the window: allocations, bytes allocated, transient bytes (allocated and freed in
+the window), peak increment (how far the allocator's total rose above its level at phase entry,
+max over occurrences; an occurrence is a run of consecutive allocator events made inside ops of
+the phase), bytes live at the peak and at the end of the window.
+
+JSON keys of `memory_section` and the per-phase keys are documented in docs/memory.md; the compare
+analyzer reads ``phases`` and ``at_peak`` by those names, so keep them stable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qtrace.analyzers.attribution import op_contexts, op_phases
+from qtrace.reports.fmt import md_escape, md_table
+from qtrace.taxonomy import PHASE_ORDER, group_of
+from qtrace.trace import Trace
+
+RESIDENT = "resident"  # bytes allocated before the profiled window and still live
+OUTSIDE_OPS = "other"  # allocations made while no host op ran: same label as host.py uses
+DEVICE_TYPES = {0: "cpu", 1: "cuda"}
+CUDA, CPU = 1, 0
+
+# Keys of each row of memory_section()["phases"]; the compare analyzer reads them by name.
+PHASE_KEYS = ["phase", "group", "kind", "allocs", "alloc_bytes", "transient_bytes", "peak_increment_bytes",
+              "live_at_peak_bytes", "live_at_end_bytes"]
+
+
+# --- tensor kinds ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """An allocation is `kind` when every given pattern is found in its context field.
+
+    Context of an allocation: ``phase`` of the allocating op; ``ops``, the op chain innermost
+    first, ``/``-joined (as in the phase rules); ``bnb_phase``, the phase of the innermost
+    enclosing ``bitsandbytes::`` op ("" if none). The last one tells NF4's fused path (the
+    ``aten::empty`` under gemm_4bit is the GEMM output) from the dequant path (it is the [N, K]
+    fp16 weight buffer), which the allocating op alone cannot.
+    """
+
+    kind: str
+    phase: str
+    ops: str | None = None
+    bnb_phase: str | None = None
+
+
+# First match wins. What each op allocates is read from bitsandbytes 0.50.x (see docs/phases.md).
+KINDS: list[KindRule] = [
+    # LLM.int8
+    KindRule("outlier column indices", r"^int8\.outlier_detect$", ops=r"^aten::(nonzero|argwhere)\b"),
+    KindRule("outlier check temporaries", r"^int8\.outlier_detect$"),  # |A|, the >= mask, any() flags
+    KindRule("outlier column indices", r"^int8\.act_quant$", ops=r"index_put_|^aten::nonzero\b"),
+    KindRule("int8 activations", r"^int8\.act_quant$"),  # int8 [T, K] + fp32 row scales [T]
+    KindRule("outlier columns", r"^int8\.outlier_gather$"),  # A[:, cols] fp16, CB[:, cols] and its dequant
+    KindRule("int32 accumulator", r"^int8\.gemm$"),
+    KindRule("dequantized output", r"^int8\.dequant$"),
+    KindRule("outlier GEMM output", r"^int8\.outlier_gemm$"),
+    # NF4
+    KindRule("4-bit GEMM output", r"^nf4\.", ops=r"^aten::empty(/|$)", bnb_phase=r"^nf4\.fused_gemm$"),
+    KindRule("dequantized weight", r"^nf4\.dequant$", ops=r"^aten::empty(/|$)"),  # the [N, K] buffer
+    KindRule("dequantized scales", r"^nf4\.dequant$", ops=r"^aten::(empty_like|empty_strided|add)\b"),
+    KindRule("dequant buffers", r"^nf4\.dequant$"),
+    KindRule("4-bit GEMM output", r"^nf4\.fused_gemm$"),
+    # the model
+    KindRule("GEMM output", r"^dense\.gemm$"),
+    KindRule("attention buffers", r"^attention$"),
+    KindRule("norm output", r"^norm$"),
+    KindRule("embeddings", r"^embedding$"),
+    KindRule("dtype casts", r"^elementwise$", ops=r"^aten::empty_strided/aten::_to_copy\b"),
+    KindRule("activations", r"^elementwise$"),
+    KindRule("copies", r"^memcpy$"),
+]
+NO_OP_KIND = "outside any op"
+UNKNOWN_KIND = "unknown"
+RESIDENT_KIND = "allocated before the window"
+
+
+def _kind_of(phase: str, ops: str, bnb_phase: str) -> str:
+    ctx = {"phase": phase, "ops": ops, "bnb_phase": bnb_phase}
+    for rule in KINDS:
+        pats = {"phase": rule.phase, "ops": rule.ops, "bnb_phase": rule.bnb_phase}
+        if all(p is None or re.search(p, ctx[k]) for k, p in pats.items()):
+            return rule.kind
+    return UNKNOWN_KIND
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def _cache(trace: Trace) -> dict:
+    return trace.__dict__.setdefault("_qtrace_cache", {})
+
+
+def device_label(device_type: int, device_id: int) -> str:
+    name = DEVICE_TYPES.get(device_type, f"device_type{device_type}")
+    return name if device_type == CPU else f"{name}:{device_id}"
+
+
+def _bnb_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
+    """Row of the innermost `bitsandbytes::` op enclosing (or being) each op in `rows` (-1 if none)."""
+    names = trace.ops["name"].to_numpy(dtype=object)
+    parent = trace.ops["parent"].to_numpy()
+    found: dict[int, int] = {}
+    out = np.full(len(rows), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        r = int(r)
+        if r in found:
+            out[i] = found[r]
+            continue
+        p = r
+        while p >= 0 and not str(names[p]).startswith("bitsandbytes::"):
+            p = int(parent[p])
+        found[r] = p
+        out[i] = p
+    return out
+
+
+def _op_labels(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
+    """Per event: op_name, phase and kind of its op (-1: no op -> `other`, kind "outside any op")."""
+    n = len(op_rows)
+    out = pd.DataFrame({"op_name": [""] * n, "phase": [OUTSIDE_OPS] * n, "kind": [NO_OP_KIND] * n})
+    has = op_rows >= 0
+    if not has.any():
+        return out
+    ops = op_phases(trace)
+    ctx = op_contexts(trace)
+    rows = op_rows[has]
+    phase = ops["phase"].to_numpy(dtype=object)
+    bnb = _bnb_rows(trace, rows)
+    bnb_phase = np.where(bnb >= 0, phase[np.clip(bnb, 0, None)], "")
+    keys = pd.DataFrame({"phase": phase[rows], "ops": ctx["ops"].to_numpy(dtype=object)[rows], "bnb_phase": bnb_phase})
+    kinds = {k: _kind_of(*k) for k in keys.drop_duplicates().itertuples(index=False, name=None)}
+    out.loc[has, "op_name"] = ops["name"].to_numpy(dtype=object)[rows]
+    out.loc[has, "phase"] = keys["phase"].to_numpy()
+    out.loc[has, "kind"] = [kinds[k] for k in keys.itertuples(index=False, name=None)]
+    return out
+
+
+def memory_events(trace: Trace) -> pd.DataFrame:
+    """The `[memory]` events in time order per device, with device, op_name, phase and kind.
+
+    ``event`` is the row in ``trace.memory``. Events without bytes are dropped (none seen so far).
+    """
+    cache = _cache(trace)
+    if "memory_events" in cache:
+        return cache["memory_events"]
+    m = trace.memory
+    if len(m) == 0 or "bytes" not in m:
+        df = pd.DataFrame(columns=["event", "device", "device_type", "device_id", "ts", "addr", "bytes",
+                                   "total_allocated", "total_reserved", "op", "op_name", "phase", "kind"])
+        cache["memory_events"] = df
+        return df
+    df = m[m["bytes"].notna()].copy()
+    df["event"] = df.index
+    df["device_type"] = df["device_type"].fillna(-1).astype("int64")
+    df["device_id"] = df["device_id"].fillna(-1).astype("int64")
+    df["bytes"] = df["bytes"].astype("int64")
+    labels = {k: device_label(*k) for k in df[["device_type", "device_id"]].drop_duplicates()
+              .itertuples(index=False, name=None)}
+    df["device"] = [labels[k] for k in zip(df["device_type"], df["device_id"], strict=True)]
+    lab = _op_labels(trace, df["op"].to_numpy(dtype=np.int64))
+    for c in lab:
+        df[c] = lab[c].to_numpy()
+    # Stable sort keeps file order for equal timestamps: that is the allocator's order.
+    df = df.sort_values(["device_type", "device_id", "ts"], kind="stable").reset_index(drop=True)
+    cache["memory_events"] = df
+    return df
+
+
+# --- per device reconstruction -----------------------------------------------------------------
+
+
+@dataclass
+class DeviceMemory:
+    """The live-set reconstruction of one device (arrays are in the device's event order)."""
+
+    device: str
+    device_type: int
+    device_id: int
+    events: pd.DataFrame  # this device's rows of memory_events, index 0..n-1
+    level: np.ndarray  # allocator total after each event ("Total Allocated"; rebuilt where missing)
+    closed_by: np.ndarray  # alloc event -> position of the free that closed it, -1 if open at the end
+    unknown_free: np.ndarray  # free of a block allocated before the window
+    start_level: int  # allocator total just before the first event
+    peak_pos: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_bytes(self) -> int:
+        return int(self.level[self.peak_pos])
+
+    @property
+    def peak_ts_us(self) -> float:
+        return float(self.events["ts"].iat[self.peak_pos])
+
+    def live_mask(self, pos: int) -> np.ndarray:
+        """Alloc events whose block is live right after event `pos`."""
+        n = len(self.events)
+        idx = np.arange(n)
+        alloc = self.events["bytes"].to_numpy() > 0
+        return alloc & (idx <= pos) & ((self.closed_by < 0) | (self.closed_by > pos))
+
+    def resident_at(self, pos: int) -> int:
+        """Bytes of pre-window blocks live right after event `pos`: the remainder of the total."""
+        live = int(self.events["bytes"].to_numpy()[self.live_mask(pos)].sum())
+        return int(self.level[pos]) - live
+
+
+def _match_blocks(addr: np.ndarray, nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pair frees with allocations by address: (closed_by, unknown_free, size mismatches).
+
+    A free closes the most recent open block at its address: the caching allocator hands an
+    address out again only after it was freed, so at most one block is open there in practice.
+    """
+    n = len(nbytes)
+    closed_by = np.full(n, -1, dtype=np.int64)
+    unknown_free = np.zeros(n, dtype=bool)
+    open_at: dict[int, list[int]] = {}
+    mismatches = 0
+    for i in range(n):
+        b = int(nbytes[i])
+        a = int(addr[i])
+        if b > 0:
+            open_at.setdefault(a, []).append(i)
+        elif b < 0:
+            stack = open_at.get(a)
+            if stack:
+                j = stack.pop()
+                closed_by[j] = i
+                mismatches += int(nbytes[j]) != -b
+            else:
+                unknown_free[i] = True
+    return closed_by, unknown_free, mismatches
+
+
+def _reconstruct(device_events: pd.DataFrame) -> DeviceMemory:
+    ev = device_events.reset_index(drop=True)
+    dt, did = int(ev["device_type"].iat[0]), int(ev["device_id"].iat[0])
+    nbytes = ev["bytes"].to_numpy(dtype=np.int64)
+    addr = ev["addr"].fillna(-1).to_numpy(dtype=np.int64)
+    closed_by, unknown_free, mismatches = _match_blocks(addr, nbytes)
+    notes: list[str] = []
+    total = ev["total_allocated"]
+    if total.isna().all():
+        start = 0
+        notes.append("events carry no 'Total Allocated': the level is rebuilt from bytes, starting at 0")
+    else:
+        first = int(total.first_valid_index())
+        start = int(total.iat[first]) - int(nbytes[: first + 1].sum())
+    rebuilt = start + np.cumsum(nbytes)
+    level = total.astype("float64").to_numpy()
+    level = np.where(np.isnan(level), rebuilt, level).astype(np.int64)
+    peak_pos = int(np.argmax(level))
+    dm = DeviceMemory(device=device_label(dt, did), device_type=dt, device_id=did, events=ev, level=level,
+                      closed_by=closed_by, unknown_free=unknown_free, start_level=start, peak_pos=peak_pos, notes=notes)
+    _check(dm, rebuilt, mismatches)
+    return dm
+
+
+def _check(dm: DeviceMemory, rebuilt: np.ndarray, mismatches: int) -> None:
+    """Say where the bytes of the events and the allocator's totals disagree (never adjust them)."""
+    p = dm.peak_pos
+    off = dm.level - rebuilt
+    if (off != 0).any():
+        first = int(np.flatnonzero(off)[0])
+        dm.notes.append(
+            f"'Total Allocated' departs from the running sum of the events' bytes at event {first} "
+            f"(by {int(off[first])} B; {int(off[p])} B at the peak): allocator events are missing from the trace "
+            "(dropped by the profiler, or made by another thread/stream the trace lost); the at-peak split "
+            "still adds up, with the difference inside resident")
+    if mismatches:
+        dm.notes.append(f"{mismatches} free(s) released a different size than their address's last allocation")
+    resident = dm.resident_at(p)
+    nbytes = dm.events["bytes"].to_numpy()
+    expected = dm.start_level + int(nbytes[: p + 1][dm.unknown_free[: p + 1]].sum())
+    if resident != expected:
+        dm.notes.append(f"resident at the peak is {resident} B, but the level before the window minus frees of "
+                        f"pre-window blocks gives {expected} B: the events are not self-consistent")
+    if resident < 0:
+        dm.notes.append("resident is negative: the trace records frees of blocks it never allocated, beyond "
+                        "what the allocator held before the window")
+    if dm.start_level > dm.peak_bytes:
+        dm.notes.append(f"the allocator held more just before the first event ({dm.start_level} B) than at any "
+                        "event: the window's peak is below the level it started at")
+    if dm.device_type == CPU:
+        dm.notes.append("CPU: the CPU allocator counts only blocks allocated while the profiler ran and does not "
+                        "report frees of older blocks, so weights loaded before the window are not in the total")
+
+
+def device_memories(trace: Trace) -> dict[str, DeviceMemory]:
+    """Reconstruction of each device with allocator events, keyed by label ("cuda:0", "cpu")."""
+    cache = _cache(trace)
+    if "device_memories" in cache:
+        return cache["device_memories"]
+    ev = memory_events(trace)
+    out: dict[str, DeviceMemory] = {}
+    for _, grp in ev.groupby(["device_type", "device_id"], sort=True):
+        dm = _reconstruct(grp)
+        out[dm.device] = dm
+    cache["device_memories"] = out
+    return out
+
+
+def primary_device(trace: Trace) -> DeviceMemory | None:
+    """The device the report is about: the CUDA device with the highest peak, else the CPU."""
+    devs = list(device_memories(trace).values())
+    if not devs:
+        return None
+    cuda = [d for d in devs if d.device_type == CUDA]
+    return max(cuda or devs, key=lambda d: (d.peak_bytes, -d.device_id))
+
+
+def _pick(trace: Trace, device: str | None) -> DeviceMemory | None:
+    if device is None:
+        return primary_device(trace)
+    devs = device_memories(trace)
+    if device not in devs:
+        raise KeyError(f"no allocator events for device {device!r} (have: {', '.join(devs) or 'none'})")
+    return devs[device]
+
+
+# --- DataFrames for Python users ---------------------------------------------------------------
+
+BLOCK_COLUMNS = ["device", "addr", "bytes", "alloc_ts", "free_ts", "phase", "group", "kind", "op", "op_name"]
+
+
+def memory_blocks(trace: Trace, device: str | None = None) -> pd.DataFrame:
+    """Every block allocated inside the window on `device` (default: the primary one), with its lifetime.
+
+    ``free_ts`` is NaN for a block still live at the end of the window.
+    """
+    dm = _pick(trace, device)
+    if dm is None:
+        return pd.DataFrame(columns=BLOCK_COLUMNS)
+    ev = dm.events
+    alloc = ev["bytes"].to_numpy() > 0
+    ts = ev["ts"].to_numpy()
+    closed = dm.closed_by[alloc]
+    out = ev.loc[alloc, ["device", "addr", "bytes", "ts", "phase", "kind", "op", "op_name"]].rename(
+        columns={"ts": "alloc_ts"})
+    out["free_ts"] = np.where(closed >= 0, ts[np.clip(closed, 0, None)], np.nan)
+    out["group"] = out["phase"].map(group_of)
+    return out[BLOCK_COLUMNS].reset_index(drop=True)
+
+
+def live_blocks(trace: Trace, device: str | None = None, at_ts: float | None = None) -> pd.DataFrame:
+    """The blocks live at the peak (or right after the last event at or before `at_ts`).
+
+    The last row is the `resident` remainder (addr NA), so ``bytes`` sums to the allocator's total
+    at that moment exactly.
+    """
+    dm = _pick(trace, device)
+    if dm is None:
+        return pd.DataFrame(columns=BLOCK_COLUMNS)
+    pos = dm.peak_pos
+    if at_ts is not None:
+        pos = int(np.searchsorted(dm.events["ts"].to_numpy(), at_ts, side="right")) - 1
+        if pos < 0:
+            raise ValueError(f"no allocator event on {dm.device} at or before {at_ts} us")
+    blocks = memory_blocks(trace, dm.device)
+    alloc_pos = np.flatnonzero(dm.events["bytes"].to_numpy() > 0)
+    live = blocks[dm.live_mask(pos)[alloc_pos]].reset_index(drop=True)
+    resident = pd.DataFrame([{"device": dm.device, "addr": pd.NA, "bytes": dm.resident_at(pos), "alloc_ts": np.nan,
+                              "free_ts": np.nan, "phase": RESIDENT, "group": RESIDENT, "kind": RESIDENT_KIND,
+                              "op": -1, "op_name": ""}])
+    return pd.concat([live, resident], ignore_index=True)[BLOCK_COLUMNS]
+
+
+def memory_timeline(trace: Trace, device: str | None = None) -> pd.DataFrame:
+    """One row per allocator event of `device`: ts, bytes, allocated (the allocator's total),
+    reserved, rebuilt (start level + running sum of bytes), resident (pre-window bytes still live),
+    phase, kind and op_name of the op that made it."""
+    dm = _pick(trace, device)
+    cols = ["device", "ts", "bytes", "allocated", "reserved", "rebuilt", "resident", "phase", "kind", "op_name",
+            "addr", "event"]
+    if dm is None:
+        return pd.DataFrame(columns=cols)
+    ev = dm.events
+    nbytes = ev["bytes"].to_numpy(dtype=np.int64)
+    out = pd.DataFrame({
+        "device": dm.device, "ts": ev["ts"].to_numpy(), "bytes": nbytes, "allocated": dm.level,
+        "reserved": ev["total_reserved"].to_numpy(), "rebuilt": dm.start_level + np.cumsum(nbytes),
+        "resident": dm.start_level + np.cumsum(np.where(dm.unknown_free, nbytes, 0)),
+        "phase": ev["phase"].to_numpy(), "kind": ev["kind"].to_numpy(), "op_name": ev["op_name"].to_numpy(),
+        "addr": ev["addr"].to_numpy(), "event": ev["event"].to_numpy()})
+    return out[cols]
+
+
+def _occurrence_increments(dm: DeviceMemory) -> pd.Series:
+    """Per phase: max over its occurrences of (highest level in the run - level at run entry)."""
+    ev = dm.events
+    if len(ev) == 0:
+        return pd.Series(dtype="int64")
+    phase = ev["phase"].to_numpy(dtype=object)
+    run = np.cumsum(np.r_[True, phase[1:] != phase[:-1]])
+    entry = dm.level - ev["bytes"].to_numpy(dtype=np.int64)
+    runs = pd.DataFrame({"run": run, "phase": phase, "level": dm.level, "entry": entry}).groupby("run").agg(
+        phase=("phase", "first"), top=("level", "max"), entry=("entry", "first"))
+    runs["inc"] = (runs["top"] - runs["entry"]).clip(lower=0)
+    return runs.groupby("phase")["inc"].max()
+
+
+def memory_phase_table(trace: Trace, device: str | None = None) -> pd.DataFrame:
+    """Per phase (in vocabulary order) on `device`: PHASE_KEYS, from the blocks its ops allocated."""
+    dm = _pick(trace, device)
+    if dm is None:
+        return pd.DataFrame(columns=PHASE_KEYS)
+    ev = dm.events
+    alloc = ev["bytes"].to_numpy() > 0
+    a = ev.loc[alloc, ["phase", "kind", "bytes"]].copy()
+    closed = dm.closed_by[alloc]
+    a["transient"] = np.where(closed >= 0, a["bytes"], 0)
+    a["at_peak"] = np.where(dm.live_mask(dm.peak_pos)[alloc], a["bytes"], 0)
+    a["at_end"] = np.where(closed < 0, a["bytes"], 0)
+    g = a.groupby("phase").agg(allocs=("bytes", "size"), alloc_bytes=("bytes", "sum"),
+                               transient_bytes=("transient", "sum"), live_at_peak_bytes=("at_peak", "sum"),
+                               live_at_end_bytes=("at_end", "sum"))
+    g["kind"] = a.groupby(["phase", "kind"])["bytes"].sum().sort_values(ascending=False).reset_index() \
+        .drop_duplicates("phase").set_index("phase")["kind"]
+    inc = _occurrence_increments(dm)
+    g = g.reindex(sorted(set(g.index) | set(inc.index), key=_phase_rank))
+    g["peak_increment_bytes"] = inc.reindex(g.index).fillna(0)
+    g = g.fillna({"allocs": 0, "alloc_bytes": 0, "transient_bytes": 0, "live_at_peak_bytes": 0,
+                  "live_at_end_bytes": 0, "kind": ""})
+    # A phase whose ops only freed (e.g. `other`: frees between ops) has nothing to say here.
+    g = g[(g["allocs"] > 0) | (g["peak_increment_bytes"] > 0)]
+    g.index.name = "phase"
+    g = g.reset_index()
+    g["group"] = g["phase"].map(group_of)
+    for c in PHASE_KEYS[3:]:
+        g[c] = g[c].astype("int64")
+    return g[PHASE_KEYS]
+
+
+def _phase_rank(phase: str) -> tuple[int, str]:
+    return (PHASE_ORDER.index(phase), phase) if phase in PHASE_ORDER else (len(PHASE_ORDER), phase)
+
+
+# --- the report section ------------------------------------------------------------------------
+
+
+def fmt_bytes(b: float | None) -> str:
+    """Bytes for a reader: binary units (GiB, MiB, KiB), as the allocator and NVML count."""
+    if b is None:
+        return "-"
+    sign = "-" if b < 0 else ""
+    b = abs(float(b))
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= size:
+            return f"{sign}{b / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{sign}{int(b)} B"
+
+
+def _at_peak(trace: Trace, dm: DeviceMemory) -> list[dict[str, Any]]:
+    """Bytes live at the peak per phase, `resident` first then by bytes; each with its kinds."""
+    live = live_blocks(trace, dm.device)
+    live["blocks"] = (live["phase"] != RESIDENT).astype("int64")
+    by_kind = live.groupby(["phase", "kind"], sort=False).agg(bytes=("bytes", "sum"), blocks=("blocks", "sum"))
+    rows: list[dict[str, Any]] = []
+    for phase, grp in by_kind.reset_index().groupby("phase", sort=False):
+        grp = grp.sort_values("bytes", ascending=False, kind="stable")
+        kinds = [{"kind": r.kind, "bytes": int(r.bytes), "blocks": int(r.blocks)} for r in grp.itertuples()]
+        rows.append({"phase": phase, "bytes": sum(k["bytes"] for k in kinds),
+                     "blocks": sum(k["blocks"] for k in kinds), "kind": kinds[0]["kind"], "kinds": kinds})
+    return sorted(rows, key=lambda e: (e["phase"] != RESIDENT, -e["bytes"]))
+
+
+def _device_rows(trace: Trace) -> list[dict[str, Any]]:
+    rows = []
+    for dm in device_memories(trace).values():
+        reserved = dm.events["total_reserved"]
+        rows.append({"device": dm.device, "events": len(dm.events), "peak_allocated_bytes": dm.peak_bytes,
+                     "peak_ts_us": round(dm.peak_ts_us, 3),
+                     "max_reserved_bytes": None if reserved.isna().all() else int(reserved.max()),
+                     "start_allocated_bytes": dm.start_level})
+    return rows
+
+
+def memory_section(trace: Trace, measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report's `memory` object (JSON-ready; "markdown" is the Markdown section body)."""
+    dm = primary_device(trace)
+    if dm is None:
+        return _empty_section(trace, measured)
+    at_peak = _at_peak(trace, dm)
+    phases = memory_phase_table(trace, dm.device)
+    reserved = dm.events["total_reserved"]
+    sec: dict[str, Any] = {
+        "available": True,
+        "device": dm.device,
+        "peak_allocated_bytes": dm.peak_bytes,
+        "peak_ts_us": round(dm.peak_ts_us, 3),
+        "max_reserved_bytes": None if reserved.isna().all() else int(reserved.max()),
+        "start_allocated_bytes": dm.start_level,
+        "resident_bytes": next(e["bytes"] for e in at_peak if e["phase"] == RESIDENT),
+        "events": len(dm.events),
+        "at_peak": at_peak,
+        "phases": [_plain(r) for r in phases.to_dict(orient="records")],
+        "devices": _device_rows(trace),
+        "notes": list(dm.notes),
+    }
+    if measured is not None:
+        sec["measured"] = measured_block(sec, measured)
+    sec["summary"] = _summary(sec)
+    sec["markdown"] = _markdown(sec)
+    return sec
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars -> Python numbers, so the dict encodes as JSON."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+def _empty_section(trace: Trace, measured: dict[str, Any] | None) -> dict[str, Any]:
+    why = ("the trace holds no allocator events: profile with profile_memory=True "
+           "(qtrace profile does) to see what is live at the peak")
+    sec: dict[str, Any] = {"available": False, "device": None, "peak_allocated_bytes": None, "peak_ts_us": None,
+                           "at_peak": [], "phases": [], "devices": [], "notes": [why]}
+    if measured is not None:
+        sec["measured"] = measured_block(sec, measured)
+    sec["summary"] = "no allocator events in the trace (profile_memory off)"
+    sec["markdown"] = md_escape(why[0].upper() + why[1:] + ".") + _measured_md(sec)
+    return sec
+
+
+# --- trace view beside the un-profiled measurements --------------------------------------------
+
+
+def _num(d: Any, *keys: str) -> int | None:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return int(d) if isinstance(d, int | float) and not isinstance(d, bool) else None
+
+
+def _diff(a: int | None, b: int | None) -> int | None:
+    return a - b if a is not None and b is not None else None
+
+
+def measured_block(sec: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """The trace's view beside run.json's un-profiled figures, and what the allocator does not see."""
+    footprint = _num(measured, "load", "footprint_bytes")
+    max_alloc = _num(measured, "memory", "max_allocated_bytes")
+    max_res = _num(measured, "memory", "max_reserved_bytes")
+    nvml = _num(measured, "memory", "nvml_process_bytes")
+    peak = sec.get("peak_allocated_bytes")
+    resident = sec.get("resident_bytes")
+    out: dict[str, Any] = {
+        "load_footprint_bytes": footprint, "max_allocated_bytes": max_alloc, "max_reserved_bytes": max_res,
+        "nvml_process_bytes": nvml, "cpu_peak_rss_bytes": _num(measured, "memory", "cpu_peak_rss_bytes"),
+        "trace_peak_allocated_bytes": peak, "trace_resident_bytes": resident,
+        "trace_max_reserved_bytes": sec.get("max_reserved_bytes"),
+        # NVML sees the whole process; the caching allocator only what it reserved.
+        "outside_allocator_bytes": _diff(nvml, max_res),
+        "allocator_cache_bytes": _diff(max_res, max_alloc),
+        "resident_beyond_footprint_bytes": _diff(resident, footprint),
+        "trace_peak_minus_measured_bytes": _diff(peak, max_alloc),
+    }
+    notes = []
+    if sec.get("device") and not str(sec["device"]).startswith("cuda") and max_alloc is not None:
+        notes.append("the trace's device is not CUDA: its allocator figures do not compare with the CUDA ones")
+    if out["outside_allocator_bytes"] is not None:
+        notes.append(f"{fmt_bytes(out['outside_allocator_bytes'])} of the process's GPU memory (NVML) is outside "
+                     "PyTorch's caching allocator: the CUDA context and loaded kernels, library handles and "
+                     "workspaces not taken from the allocator (cuBLAS/cuBLASLt, cuDNN), anything cudaMalloc'ed "
+                     "directly; no trace event shows it")
+    if out["allocator_cache_bytes"] is not None:
+        notes.append(f"{fmt_bytes(out['allocator_cache_bytes'])} reserved but not allocated at most: the caching "
+                     "allocator's free blocks (cache and fragmentation)")
+    if out["resident_beyond_footprint_bytes"] is not None and str(sec.get("device", "")).startswith("cuda"):
+        notes.append(f"resident at the peak minus the load footprint (get_memory_footprint): "
+                     f"{fmt_bytes(out['resident_beyond_footprint_bytes'])} (inputs, caches, buffers and state "
+                     "that are not parameters, when positive)")
+    d = out["trace_peak_minus_measured_bytes"]
+    if d is not None and str(sec.get("device", "")).startswith("cuda"):
+        notes.append(f"the profiled peak is {fmt_bytes(abs(d))} {'above' if d >= 0 else 'below'} the un-profiled "
+                     "max_allocated (different passes; max_allocated counts since its last reset)")
+    out["notes"] = notes
+    return out
+
+
+def _measured_md(sec: dict[str, Any]) -> str:
+    m = sec.get("measured")
+    if not m:
+        return ""
+    rows = [[label, fmt_bytes(m[key]), why] for key, label, why in (
+        ("load_footprint_bytes", "load footprint", "run.json: parameters + buffers after loading"),
+        ("max_allocated_bytes", "max allocated", "run.json: un-profiled passes"),
+        ("max_reserved_bytes", "max reserved", "run.json: un-profiled passes"),
+        ("nvml_process_bytes", "NVML process memory", "run.json: the driver's view"),
+        ("trace_peak_allocated_bytes", "trace peak allocated", "this trace"),
+        ("trace_resident_bytes", "trace resident at peak", "this trace: allocated before the window"),
+        ("outside_allocator_bytes", "outside the allocator", "NVML - max reserved"),
+        ("allocator_cache_bytes", "allocator cache", "max reserved - max allocated"),
+    ) if m.get(key) is not None]
+    out = "\n\n#### Beside the un-profiled measurements\n\n"
+    out += md_table(["figure", "bytes", "source"], rows, "lrl") if rows else "run.json holds no memory figures."
+    out += "".join(f"\n- {md_escape(n)}" for n in m.get("notes", [])) if m.get("notes") else ""
+    return out
+
+
+# --- text --------------------------------------------------------------------------------------
+
+
+def _summary(sec: dict[str, Any]) -> str:
+    """One line: peak, when, and the top entries live at it, with their main kind."""
+    parts = []
+    for e in sec["at_peak"][:4]:
+        kind = "" if e["phase"] == RESIDENT or not e.get("kind") else f" ({e['kind']})"
+        parts.append(f"{e['phase']} {fmt_bytes(e['bytes'])}{kind}")
+    line = (f"peak {fmt_bytes(sec['peak_allocated_bytes'])} allocated on {sec['device']} at "
+            f"{sec['peak_ts_us'] / 1000:.1f} ms: " + ", ".join(parts))
+    quant = [p for p in sec["phases"] if p["phase"].startswith(("int8.", "nf4.")) and p["transient_bytes"] > 0]
+    if quant:
+        top = max(quant, key=lambda p: p["peak_increment_bytes"])
+        line += (f"; largest quantization transient: {top['phase']} +{fmt_bytes(top['peak_increment_bytes'])} "
+                 f"({top['kind']})")
+    if sec["notes"] and any("departs" in n or "not self-consistent" in n for n in sec["notes"]):
+        line += " [events inconsistent: see notes]"
+    return line
+
+
+def _markdown(sec: dict[str, Any]) -> str:
+    peak = sec["peak_allocated_bytes"]
+    out = [f"Allocator peak on {md_escape(sec['device'])}: **{fmt_bytes(peak)}** allocated at "
+           f"{sec['peak_ts_us'] / 1000:.2f} ms (max reserved in the window "
+           f"{fmt_bytes(sec.get('max_reserved_bytes'))}). "
+           "Each block live at the peak belongs to the phase of the op that allocated it; `resident` is what was "
+           "allocated before the profiled window (weights, quantization state, caches)."]
+    rows = [[md_escape(e["phase"]), md_escape(k["kind"]), fmt_bytes(k["bytes"]), str(k["bytes"]),
+             f"{k['bytes'] / peak * 100:.1f}%" if peak else "-", str(k["blocks"])]
+            for e in sec["at_peak"] for k in e["kinds"]]
+    out += ["", "#### Live at the peak", "",
+            md_table(["phase", "kind", "size", "bytes", "share", "blocks"], rows, "llrrrr")]
+    prow = [[md_escape(p["phase"]), md_escape(p["kind"]), str(p["allocs"]), fmt_bytes(p["alloc_bytes"]),
+             fmt_bytes(p["transient_bytes"]), fmt_bytes(p["peak_increment_bytes"]),
+             fmt_bytes(p["live_at_peak_bytes"]), fmt_bytes(p["live_at_end_bytes"])] for p in sec["phases"]]
+    out += ["", "#### Allocations by phase", "",
+            "Transient: allocated and freed inside the window. Peak increment: the most the allocator's total "
+            "rose above its level when the phase began (max over its occurrences).", "",
+            md_table(["phase", "main kind", "allocs", "allocated", "transient", "peak increment", "live at peak",
+                      "live at end"], prow, "llrrrrrr")]
+    others = [d for d in sec["devices"] if d["device"] != sec["device"]]
+    if others:
+        out += ["", "Other devices: " + md_escape(", ".join(
+            f"{d['device']} peak {fmt_bytes(d['peak_allocated_bytes'])} ({d['events']} events)" for d in others))]
+    if sec["notes"]:
+        out += ["", "Notes:", ""] + [f"- {md_escape(n)}" for n in sec["notes"]]
+    return "\n".join(out) + _measured_md(sec)
+
+
+__all__ = ["KINDS", "PHASE_KEYS", "RESIDENT", "DeviceMemory", "device_memories", "fmt_bytes", "live_blocks",
+           "measured_block", "memory_blocks", "memory_events", "memory_phase_table", "memory_section",
+           "memory_timeline", "primary_device"]
