@@ -12,6 +12,7 @@ group stay fast, and `import qtrace` never pulls them in.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -331,6 +332,12 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     import torch
 
     dtype_name, quant, warnings = _precision_setup(precision, device.type, int8_threshold)
+    if quant is not None:
+        # Heads stay in full precision, as transformers intends; its own choice (the module of the
+        # last parameter) misses heads with a bias and then leaves a freshly initialised
+        # classification head as an unquantized bnb layer that crashes in forward.
+        # (The 4-bit quantizer reads the same llm_int8_skip_modules field.)
+        quant.llm_int8_skip_modules = head_modules(spec, task, trust_remote_code)
     kwargs: dict[str, Any] = {
         "device_map": {"": device.index if device.type == "cuda" else "cpu"},
         "use_safetensors": True,  # never unpickle a checkpoint
@@ -361,6 +368,31 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
         allocated_delta_bytes=None if before is None or after is None else after - before,
         warnings=warnings,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _head_modules_cached(path: str, task: str, kind: str, trust_remote_code: bool) -> tuple[str, ...]:
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    if task == "classify":
+        config.num_labels = CLASSIFY_LABELS
+    with quiet_libraries(), torch.device("meta"):
+        model = auto_class(task, kind).from_config(config, trust_remote_code=trust_remote_code)
+    names: set[str] = set()
+    out_emb = model.get_output_embeddings()
+    params = list(model.named_parameters())
+    last_owner = params[-1][0].rsplit(".", 1)[0] if params else None
+    for name, module in model.named_modules():
+        if name and (module is out_emb or name == last_owner):
+            names.add(name)
+    return tuple(sorted(names))
+
+
+def head_modules(spec: ModelSpec, task: str, trust_remote_code: bool = False) -> list[str]:
+    """Module names of the model's output head(s), built on the meta device (no weights)."""
+    return list(_head_modules_cached(str(spec.path), task, spec.kind, trust_remote_code))
 
 
 def _precision_setup(precision: str, device_type: str, threshold: float) -> tuple[str, Any, list[str]]:
