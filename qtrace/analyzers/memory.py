@@ -544,7 +544,8 @@ def _empty_section(trace: Trace, measured: dict[str, Any] | None) -> dict[str, A
     if measured is not None:
         sec["measured"] = measured_block(sec, measured)
     sec["summary"] = "no allocator events in the trace (profile_memory off)"
-    sec["markdown"] = md_escape(why[0].upper() + why[1:] + ".") + _measured_md(sec)
+    sec["markdown"] = ("The trace holds no allocator events: profile with `profile_memory=True` (qtrace profile "
+                       "does) to see what is live at the peak." + _measured_md(sec))
     return sec
 
 
