@@ -592,8 +592,8 @@ def measured_block(sec: dict[str, Any], measured: dict[str, Any]) -> dict[str, A
                      "workspaces not taken from the allocator (cuBLAS/cuBLASLt, cuDNN), anything cudaMalloc'ed "
                      "directly; no trace event shows it")
     if out["allocator_cache_bytes"] is not None:
-        notes.append(f"{fmt_bytes(out['allocator_cache_bytes'])} reserved but not allocated at most: the caching "
-                     "allocator's free blocks (cache and fragmentation)")
+        notes.append(f"max reserved exceeds max allocated by {fmt_bytes(out['allocator_cache_bytes'])}: blocks the "
+                     "caching allocator keeps after they were freed (its cache) and fragmentation")
     if out["resident_beyond_footprint_bytes"] is not None and str(sec.get("device", "")).startswith("cuda"):
         notes.append(f"resident at the peak minus the load footprint (get_memory_footprint): "
                      f"{fmt_bytes(out['resident_beyond_footprint_bytes'])} (inputs, caches, buffers and state "
@@ -622,7 +622,7 @@ def _measured_md(sec: dict[str, Any]) -> str:
     ) if m.get(key) is not None]
     out = "\n\n#### Beside the un-profiled measurements\n\n"
     out += md_table(["figure", "bytes", "source"], rows, "lrl") if rows else "run.json holds no memory figures."
-    out += "".join(f"\n- {md_escape(n)}" for n in m.get("notes", [])) if m.get("notes") else ""
+    out += "\n" + "".join(f"\n- {md_escape(n)}" for n in m["notes"]) if m.get("notes") else ""
     return out
 
 
