@@ -1,0 +1,842 @@
+"""Roofline per phase and per kernel: bytes moved, operations done, achieved rates, and the bound.
+
+The question: "is this phase limited by memory bandwidth, by math, or by neither (too small, so
+launch and latency dominate)?" Quantization pays where a phase is memory-bound and does little
+where it is compute- or latency-bound.
+
+Work comes from the **recorded shapes and dtypes** (``record_shapes=True``) of the op that
+launched each GPU event, and of its bitsandbytes op where the kernel is launched by one
+(docs/roofline.md lists every formula):
+
+- int8 GEMM (``bitsandbytes::int8_linear_matmul`` A [T,K] int8, B [N,K] int8):
+  ``2*T*K*N`` int8 ops; bytes ``T*K + N*K + 4*T*N`` (int32 out);
+- int32 -> fp16 dequant (``int8_mm_dequant``): ``4*T*N + 4*T + 4*N (+ bias) + 2*T*N``;
+- row-wise quantization (``kInt8VectorQuant``): ``2*T*K`` in, ``T*K + 4*T`` out;
+- NF4 weight dequant (``kDequantizeBlockwise<half,...,NF4>`` under ``gemm_4bit``): packed
+  weights ``N*K/2`` + absmax ``4*N*K/blocksize`` in, ``N*K*2`` out;
+- absmax dequant (double quant, ``kDequantizeBlockwise<float,...,0>``): ``n`` uint8 + level-2
+  absmax + code in, ``4*n`` out;
+- fused 4-bit GEMM (``gemm_4bit_*`` kernels): ``2*T*K*N`` flops, bytes = A + packed weights +
+  absmax + out;
+- dense GEMMs (``aten::mm/addmm/bmm/baddbmm/_int_mm/linear/addmv/mv``): ``2*M*K*N`` at the
+  operands' dtype, bytes = operands + output;
+- attention (sdpa / cuDNN / flash ops): ``2*B*H*L*S*(D+Dv)`` flops (no causal discount),
+  bytes = Q + K + V + O;
+- pointwise, norms, softmax, copies, cat, gather/embedding: bytes in + out from dims x dtype;
+- GPU memcpy / memset: the event's own byte count (device-to-device counts read + write).
+
+A **unit** is one launching op occurrence and one kind of work: its work is counted once and
+its time is the sum of its GPU events (so a cuBLAS split-K GEMM and its reduce kernel share the
+op's flops). Kernels whose shapes are unknown get null fields, never invented values; each
+phase says how much of its GPU time the figures cover (``modeled_share``).
+
+Bound labels, with peaks from `qtrace.devices` (calibration first, then the datasheet):
+
+- ``latency``: too small to reach either roof, so launch/latency cost decides: achieved < 10%
+  of both roofs with a mean unit duration < 10 µs, or so little work per unit that it would take
+  < 2 µs even at the roof (about the fixed cost of a kernel) while achieving < 50% of it;
+- otherwise ``compute`` when the ideal compute time (ops / math peak) exceeds the ideal memory
+  time (bytes / bandwidth) -- arithmetic intensity above the ridge point -- else ``memory``;
+- ``transfer``: host<->device copies (PCIe, no roof in the table) of 10 µs or more.
+
+Pure pandas, no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import pandas as pd
+
+from qtrace.analyzers.attribution import gpu_phases
+from qtrace.devices import DTYPE_PEAK, Peaks, peaks_for
+from qtrace.taxonomy import PHASE_ORDER
+from qtrace.trace import Trace
+
+LATENCY_UTIL = 0.10  # below this share of both roofs...
+LATENCY_US = 10.0  # ...and shorter than this on average: "latency"
+# ...or so little work per unit that even at the roof it would take under LATENCY_IDEAL_US (about
+# the fixed cost of launching and ramping up a kernel), while achieving under LATENCY_SMALL_UTIL.
+LATENCY_IDEAL_US = 2.0
+LATENCY_SMALL_UTIL = 0.50
+
+DTYPE_BYTES: dict[str, int] = {
+    "c10::Half": 2, "c10::BFloat16": 2, "float": 4, "double": 8, "signed char": 1, "unsigned char": 1,
+    "bool": 1, "int": 4, "long int": 8, "short int": 2, "short": 2, "long": 8, "char": 1,
+    "c10::Float8_e4m3fn": 1, "c10::Float8_e5m2": 1, "c10::Float8_e4m3fnuz": 1, "c10::Float8_e5m2fnuz": 1,
+    "c10::complex<float>": 8, "c10::complex<double>": 16, "c10::complex<c10::Half>": 4,
+}
+DTYPE_KIND: dict[str, str] = {"c10::Half": "fp16", "c10::BFloat16": "bf16", "float": "fp32", "double": "fp64",
+                              "signed char": "int8", "unsigned char": "uint8"}
+_TEMPLATE_BYTES = {"__half": 2, "half": 2, "__nv_bfloat16": 2, "bfloat16": 2, "float": 4}
+_NON_TENSOR = ("Scalar", "ScalarList", "", "TensorList", "GenericList", "None", "int[]", "ScalarType")
+
+UNIT_COLUMNS = ["op", "model", "kernel", "phase", "kind", "events", "gpu_us", "bytes", "flops", "int_ops",
+                "dtype", "link", "step"]
+RATE_COLUMNS = ["units", "gpu_time_us", "modeled_us", "modeled_share", "bytes", "flops", "int_ops",
+                "achieved_gbps", "achieved_tflops", "achieved_tops", "intensity", "compute_dtype",
+                "peak_gbps", "peak_compute", "peak_compute_unit", "mem_util", "compute_util", "mean_unit_us",
+                "bound", "bound_shares", "peak_source"]
+# The roofline fields that join each phase record in `qtrace report --format json`.
+PHASE_FIELDS = ["modeled_share", "bytes", "flops", "int_ops", "achieved_gbps", "achieved_tflops", "achieved_tops",
+                "intensity", "compute_dtype", "mem_util", "compute_util", "bound", "bound_shares", "peak_source"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one unit did. bytes None = unknown; flops/int_ops None = no math counted."""
+
+    model: str
+    bytes: float | None
+    flops: float | None = None
+    int_ops: float | None = None
+    dtype: str | None = None  # compute dtype of the math: fp16, bf16, fp32, int8
+    link: str = "hbm"  # "hbm" (device memory) or "pcie" (host<->device copy)
+    per_event: bool = False  # memcpy/memset: work is per GPU event, summed over the unit
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes
+
+
+class Tensor:
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape: list[int], dtype: str) -> None:
+        self.shape = shape
+        self.dtype = dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def size(self) -> int | None:
+        return DTYPE_BYTES.get(self.dtype)
+
+    @property
+    def nbytes(self) -> int | None:
+        s = self.size
+        return None if s is None else self.numel * s
+
+
+def parse_args(dims_raw: bytes | None, types_raw: bytes | None) -> list[Tensor | list[Tensor] | None] | None:
+    """The op's inputs: a Tensor per tensor argument, a list for TensorList, None for the rest.
+
+    None when the trace has no shapes for this op (record_shapes off) or they do not decode.
+    """
+    if not dims_raw or not types_raw:
+        return None
+    try:
+        dims = msgspec.json.decode(dims_raw)
+        types = msgspec.json.decode(types_raw)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(dims, list) or not isinstance(types, list) or len(dims) != len(types):
+        return None
+    out: list[Tensor | list[Tensor] | None] = []
+    for d, t in zip(dims, types, strict=True):
+        if t == "TensorList" and isinstance(d, list) and all(isinstance(x, list) for x in d):
+            if all(all(isinstance(v, int) for v in x) for x in d):
+                out.append([Tensor(list(x), "") for x in d])  # element dtypes are not recorded
+            else:
+                out.append(None)
+        elif (isinstance(t, str) and t not in _NON_TENSOR and isinstance(d, list)
+              and all(isinstance(v, int) for v in d)):
+            out.append(Tensor(list(d), t))
+        else:
+            out.append(None)
+    return out
+
+
+def _t(args: list[Any], i: int) -> Tensor | None:
+    return args[i] if i < len(args) and isinstance(args[i], Tensor) else None
+
+
+def _tensors(args: list[Any]) -> list[Tensor]:
+    return [a for a in args if isinstance(a, Tensor)]
+
+
+def _broadcast(shapes: list[list[int]]) -> list[int] | None:
+    shapes = [s for s in shapes if math.prod(s) > 0 or not s]
+    if not shapes:
+        return None
+    n = max(len(s) for s in shapes)
+    out = []
+    for i in range(1, n + 1):
+        sizes = {s[-i] for s in shapes if len(s) >= i} - {1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return out[::-1]
+
+
+def _sum_bytes(tensors: list[Tensor]) -> int | None:
+    total = 0
+    for t in tensors:
+        b = t.nbytes
+        if b is None:
+            return None
+        total += b
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# Work models
+
+
+_GEMM_MM = {"aten::mm", "aten::_int_mm"}
+_GEMM_ADDMM = {"aten::addmm"}
+_GEMM_BMM = {"aten::bmm"}
+_GEMM_BADDBMM = {"aten::baddbmm"}
+_ATTENTION = {"aten::_cudnn_attention_forward", "aten::_scaled_dot_product_flash_attention",
+              "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
+              "aten::_scaled_dot_product_flash_attention_for_cpu"}
+_NORMS = {"aten::native_layer_norm", "aten::layer_norm", "aten::rms_norm", "aten::_fused_rms_norm",
+          "aten::native_group_norm"}
+_SOFTMAX = {"aten::_softmax", "aten::softmax", "aten::_safe_softmax", "aten::_log_softmax", "aten::log_softmax"}
+_REDUCTIONS = {"aten::sum", "aten::mean", "aten::any", "aten::all", "aten::amax", "aten::amin", "aten::max",
+               "aten::min", "aten::argmax", "aten::argmin", "aten::prod", "aten::var", "aten::std", "aten::norm",
+               "aten::linalg_vector_norm", "aten::logsumexp", "aten::count_nonzero", "aten::var_mean",
+               "aten::std_mean"}
+_COMPARE = {"aten::eq", "aten::ne", "aten::ge", "aten::gt", "aten::le", "aten::lt", "aten::logical_and",
+            "aten::logical_or", "aten::logical_not", "aten::isnan", "aten::isinf", "aten::isfinite"}
+_POINTWISE = {
+    "add", "sub", "mul", "div", "neg", "abs", "pow", "exp", "exp2", "expm1", "log", "log1p", "log2", "sqrt",
+    "rsqrt", "reciprocal", "sin", "cos", "tan", "tanh", "sigmoid", "silu", "gelu", "relu", "gelu_tanh", "erf",
+    "clamp", "clamp_min", "clamp_max", "clip", "maximum", "minimum", "masked_fill", "where", "sign", "floor",
+    "ceil", "round", "trunc", "remainder", "fmod", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+    "lerp", "addcmul", "addcdiv", "hardtanh", "leaky_relu", "elu", "softplus", "mish", "hardswish", "hardsigmoid",
+    "square", "rsub", "true_divide", "threshold", "nan_to_num", "sgn", "logit",
+}
+_KDEQ = re.compile(r"kDequantizeBlockwise<\s*([\w:]+)\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*(\d+)\s*>")
+_FUSED_4BIT = re.compile(r"gemm_4bit|gemv_4bit|kgemm_4bit")
+
+
+def _gemm(m: int, k: int, n: int, a: Tensor, b: Tensor, extra: list[Tensor], out_size: int | None,
+          batch: int = 1) -> Work | None:
+    kind = DTYPE_KIND.get(a.dtype)
+    ins = _sum_bytes([a, b, *extra])
+    if ins is None or out_size is None:
+        return None
+    ops = 2.0 * batch * m * k * n
+    nbytes = float(ins + batch * m * n * out_size)
+    if kind == "int8":
+        return Work("dense_gemm", nbytes, int_ops=ops, dtype="int8")
+    return Work("dense_gemm", nbytes, flops=ops, dtype=kind)
+
+
+def aten_work(op: str, args: list[Any], kernel: str = "") -> Work | None:
+    """Work of a kernel launched directly by aten op `op` with inputs `args`, or None."""
+    if op in _GEMM_MM:
+        a, b = _t(args, 0), _t(args, 1)
+        if a is None or b is None or len(a.shape) != 2 or len(b.shape) != 2:
+            return None
+        out_size = 4 if op == "aten::_int_mm" else a.size
+        return _gemm(a.shape[0], a.shape[1], b.shape[1], a, b, [], out_size)
+    if op in _GEMM_ADDMM:
+        c, a, b = _t(args, 0), _t(args, 1), _t(args, 2)
+        if a is None or b is None or len(a.shape) != 2 or len(b.shape) != 2:
+            return None
+        return _gemm(a.shape[0], a.shape[1], b.shape[1], a, b, [c] if c else [], a.size)
+    if op in _GEMM_BMM or op in _GEMM_BADDBMM:
+        off = 1 if op in _GEMM_BADDBMM else 0
+        a, b = _t(args, off), _t(args, off + 1)
+        if a is None or b is None or len(a.shape) != 3 or len(b.shape) != 3:
+            return None
+        extra = [args[0]] if off and isinstance(args[0], Tensor) else []
+        return _gemm(a.shape[1], a.shape[2], b.shape[2], a, b, extra, a.size, batch=a.shape[0])
+    if op == "aten::linear":
+        x, w, bias = _t(args, 0), _t(args, 1), _t(args, 2)
+        if x is None or w is None or len(w.shape) != 2 or not x.shape:
+            return None
+        rows = math.prod(x.shape[:-1])
+        return _gemm(rows, x.shape[-1], w.shape[0], x, w, [bias] if bias else [], x.size)
+    if op in ("aten::mv", "aten::addmv"):
+        off = 1 if op == "aten::addmv" else 0
+        a, v = _t(args, off), _t(args, off + 1)
+        if a is None or v is None or len(a.shape) != 2:
+            return None
+        extra = [args[0]] if off and isinstance(args[0], Tensor) else []
+        return _gemm(a.shape[0], a.shape[1], 1, a, v, extra, a.size)
+    if op in _ATTENTION:
+        q, k, v = _t(args, 0), _t(args, 1), _t(args, 2)
+        if q is None or k is None or v is None or len(q.shape) != 4 or len(k.shape) != 4 or len(v.shape) != 4:
+            return None
+        b, h, lq, d = q.shape
+        s, dv = k.shape[2], v.shape[3]
+        ins = _sum_bytes([q, k, v])
+        if ins is None or q.size is None:
+            return None
+        out = b * h * lq * dv * q.size
+        return Work("attention", float(ins + out), flops=2.0 * b * h * lq * s * (d + dv), dtype=DTYPE_KIND.get(q.dtype))
+    if op in _NORMS:
+        x = _t(args, 0)
+        params = [t for t in _tensors(args[1:]) if t.numel > 1]
+        if x is None or x.nbytes is None:
+            return None
+        pb = _sum_bytes(params)
+        return None if pb is None else Work("norm", float(2 * x.nbytes + pb))
+    if op in _SOFTMAX:
+        x = _t(args, 0)
+        return None if x is None or x.nbytes is None else Work("softmax", float(2 * x.nbytes))
+    if op in _REDUCTIONS:
+        ins = _sum_bytes(_tensors(args))
+        return None if not ins else Work("reduction", float(ins))  # outputs are small next to the input
+    if op == "aten::copy_":
+        dst, src = _t(args, 0), _t(args, 1)
+        if dst is None or src is None or dst.nbytes is None or src.nbytes is None:
+            return None
+        return Work("copy", float(dst.nbytes + src.nbytes))
+    if op in ("aten::fill_", "aten::zero_"):
+        dst = _t(args, 0)
+        return None if dst is None or dst.nbytes is None else Work("fill", float(dst.nbytes))
+    if op == "aten::cat":
+        return _cat_work(args, kernel)
+    if op in ("aten::gather", "aten::index_select", "aten::embedding"):
+        return _gather_work(op, args)
+    if op in _COMPARE:
+        tens = [t for t in _tensors(args) if t.numel > 0]
+        shape = _broadcast([t.shape for t in tens])
+        ins = _sum_bytes(tens)
+        if shape is None or ins is None or not tens:
+            return None
+        return Work("pointwise", float(ins + math.prod(shape)))  # bool output
+    base = op.removeprefix("aten::")
+    inplace = base.endswith("_") and not base.endswith("__")
+    if base.rstrip("_") in _POINTWISE:
+        tens = [t for t in _tensors(args) if t.numel > 0 or not t.shape]
+        if not tens:
+            return None
+        ins = _sum_bytes(tens)
+        if ins is None:
+            return None
+        if inplace:
+            out_bytes = tens[0].nbytes or 0
+        else:
+            shape = _broadcast([t.shape for t in tens])
+            sizes = [t.size for t in tens if t.size]
+            if shape is None or not sizes:
+                return None
+            out_bytes = math.prod(shape) * max(sizes)
+        return Work("pointwise", float(ins + out_bytes))
+    return None
+
+
+_OPAQUE = re.compile(r"CatArrayBatchedCopy\w*<[^<>]*OpaqueType<(\d+)u?>")
+
+
+def _cat_work(args: list[Any], kernel: str) -> Work | None:
+    """TensorList element dtypes are not recorded; CUDA's cat kernel names the element size
+    (``CatArrayBatchedCopy<OpaqueType<2u>, ...>``). Without it the bytes stay unknown."""
+    lst = args[0] if args and isinstance(args[0], list) else None
+    m = _OPAQUE.search(kernel)
+    if lst is None or m is None:
+        return None
+    return Work("copy", float(2 * sum(t.numel for t in lst) * int(m.group(1))))
+
+
+def _gather_work(op: str, args: list[Any]) -> Work | None:
+    if op == "aten::embedding":
+        weight, idx = _t(args, 0), _t(args, 1)
+        if weight is None or idx is None or len(weight.shape) != 2 or weight.size is None or idx.nbytes is None:
+            return None
+        rows = idx.numel * weight.shape[1] * weight.size
+        return Work("gather", float(idx.nbytes + 2 * rows))
+    if op == "aten::index_select":
+        src, idx = _t(args, 0), _t(args, 2)
+        if src is None or idx is None or src.size is None or idx.nbytes is None or not src.shape:
+            return None
+        rows = idx.numel * (src.numel // max(src.shape[0], 1)) * src.size
+        return Work("gather", float(idx.nbytes + 2 * rows))
+    src, idx = _t(args, 0), _t(args, 2)  # aten::gather(self, dim, index, ...): output has index's shape
+    if src is None or idx is None or src.size is None or idx.nbytes is None:
+        return None
+    return Work("gather", float(idx.nbytes + 2 * idx.numel * src.size))
+
+
+def bnb_work(op: str, kernel: str, args: list[Any], mixed_dtype: str | None) -> Work | None:
+    """Work of a kernel launched directly by bitsandbytes op `op` (CUDA backend), or None."""
+    name = op.removeprefix("bitsandbytes::")
+    if name in ("int8_linear_matmul", "int8_linear_matmul.out"):
+        a, b = _t(args, 0), _t(args, 1)
+        if a is None or b is None or len(b.shape) != 2 or not a.shape or a.size is None or b.size is None:
+            return None
+        t, k, n = math.prod(a.shape[:-1]), a.shape[-1], b.shape[0]
+        nbytes = t * k * a.size + n * k * b.size + 4 * t * n
+        return Work("int8_gemm", float(nbytes), int_ops=2.0 * t * k * n, dtype="int8")
+    if name == "int8_mm_dequant":
+        acc, row, col, bias = _t(args, 0), _t(args, 1), _t(args, 2), _t(args, 4)
+        if acc is None or row is None or col is None:
+            return None
+        # Output dtype: the fp16/bf16 input of the enclosing int8_mixed_scaled_mm (bitsandbytes
+        # passes dtype=A.dtype), else the bias dtype, else the op's default float16.
+        out_size = DTYPE_BYTES.get(mixed_dtype or "") or (bias.size if bias is not None else None) or 2
+        ins = _sum_bytes([acc, row, col] + ([bias] if bias is not None else []))
+        return None if ins is None else Work("int8_dequant", float(ins + acc.numel * out_size))
+    if name == "int8_vectorwise_quant":
+        a = _t(args, 0)
+        if "kInt8VectorQuant" not in kernel or a is None or a.nbytes is None or not a.shape:
+            return None
+        rows = math.prod(a.shape[:-1])
+        return Work("int8_act_quant", float(a.nbytes + a.numel + 4 * rows))
+    if name in ("gemm_4bit", "gemv_4bit"):
+        return _gemm_4bit_work(name, kernel, args)
+    if name in ("dequantize_4bit", "dequantize_blockwise", "dequantize_nf4"):
+        m = _KDEQ.search(kernel)
+        packed, absmax = _t(args, 0), _t(args, 1)
+        if m is None or packed is None or absmax is None or packed.nbytes is None or absmax.nbytes is None:
+            return None
+        out_size = _TEMPLATE_BYTES.get(m.group(1).split("::")[-1])
+        if out_size is None:
+            return None
+        if m.group(2) == "0":  # 8-bit blockwise: one code per byte
+            code = _t(args, 2)
+            code_b = code.nbytes if code is not None and code.nbytes is not None else 0
+            return Work("blockwise_dequant", float(packed.nbytes + absmax.nbytes + code_b + packed.numel * out_size))
+        return Work("nf4_weight_dequant", float(packed.nbytes + absmax.nbytes + 2 * packed.nbytes * out_size))
+    return None
+
+
+def _gemm_4bit_work(name: str, kernel: str, args: list[Any]) -> Work | None:
+    # gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset)
+    # gemv_4bit(A, B, shapeB, absmax, code, blocksize)   (bitsandbytes <= 0.49)
+    a, packed, absmax = _t(args, 0), _t(args, 1), _t(args, 3)
+    if a is None or packed is None or absmax is None or not a.shape or a.size is None or packed.nbytes is None:
+        return None
+    t, k = math.prod(a.shape[:-1]), a.shape[-1]
+    if k <= 0 or (2 * packed.nbytes) % k:
+        return None
+    n = 2 * packed.nbytes // k  # shapeB is a ScalarList (no dims recorded): N from the packed size
+    absmax8 = _t(args, 7) if name == "gemm_4bit" else None
+    code = _t(args, 8) if name == "gemm_4bit" else _t(args, 4)
+    bias = _t(args, 6) if name == "gemm_4bit" else None
+    scale_bytes = _sum_bytes([x for x in (absmax, absmax8, code) if x is not None])
+    if scale_bytes is None:
+        return None
+    if _FUSED_4BIT.search(kernel):
+        nbytes = a.nbytes + packed.nbytes + scale_bytes + t * n * a.size + (bias.nbytes or 0 if bias else 0)
+        return Work("nf4_fused_gemm", float(nbytes), flops=2.0 * t * k * n, dtype=DTYPE_KIND.get(a.dtype))
+    m = _KDEQ.search(kernel)
+    if m is None:
+        return None
+    out_size = _TEMPLATE_BYTES.get(m.group(1).split("::")[-1])
+    if out_size is None:
+        return None
+    if m.group(2) == "0":
+        # Double quant: the per-block absmax (uint8, one per block) back to float32.
+        if absmax8 is None or absmax8.nbytes is None:
+            return None
+        code_b = code.nbytes if code is not None and code.nbytes is not None else 0
+        ins = absmax8.nbytes + (absmax.nbytes or 0) + code_b
+        return Work("nf4_absmax_dequant", float(ins + absmax8.numel * out_size))
+    # 4-bit weights -> [N, K] in the compute dtype; per-block absmax as float32.
+    blocks = absmax8.numel if absmax8 is not None else absmax.numel
+    return Work("nf4_weight_dequant", float(packed.nbytes + 4 * blocks + n * k * out_size))
+
+
+def event_work(kind: str, name: str, nbytes: Any) -> Work | None:
+    """Copies and memsets carry their own byte count."""
+    if nbytes is None or pd.isna(nbytes):
+        return None
+    b = float(nbytes)
+    if kind == "gpu_memset":
+        return Work("memset", b, per_event=True)
+    if "DtoD" in name or "PtoP" in name:
+        return Work("memcpy_dtod", 2 * b, per_event=True)
+    return Work("memcpy_host", b, link="pcie", per_event=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Units
+
+
+def _mixed_dtypes(trace: Trace, op_rows: np.ndarray) -> dict[int, str | None]:
+    """For int8_mm_dequant rows: the A dtype of the enclosing int8_mixed_scaled_mm, if any."""
+    ops = trace.ops
+    names = ops["name"].to_numpy(dtype=object)
+    parent = ops["parent"].to_numpy()
+    types = ops["input_type"].to_numpy(dtype=object)
+    out: dict[int, str | None] = {}
+    for r in op_rows:
+        p = parent[r]
+        found = None
+        while p >= 0:
+            if names[p] == "bitsandbytes::int8_mixed_scaled_mm":
+                if types[p]:
+                    try:
+                        found = msgspec.json.decode(types[p])[0]
+                    except (msgspec.DecodeError, IndexError, TypeError):
+                        found = None
+                break
+            p = parent[p]
+        out[int(r)] = found
+    return out
+
+
+def units(trace: Trace) -> pd.DataFrame:
+    """One row per unit (launching op occurrence x work model), with its work and GPU time."""
+    cache = trace.__dict__.setdefault("_qtrace_cache", {})
+    if "roofline_units" in cache:
+        return cache["roofline_units"]
+    gpu = gpu_phases(trace)
+    if gpu.empty:
+        out = pd.DataFrame(columns=UNIT_COLUMNS)
+        cache["roofline_units"] = out
+        return out
+    ops = trace.ops
+    op_rows = gpu["op"].to_numpy()
+    has_op = op_rows >= 0
+    safe = np.clip(op_rows, 0, None)
+    op_name = np.where(has_op, ops["name"].to_numpy(dtype=object)[safe] if len(ops) else "", "")
+    dims = np.where(has_op, ops["input_dims"].to_numpy(dtype=object)[safe] if len(ops) else None, None)
+    types = np.where(has_op, ops["input_type"].to_numpy(dtype=object)[safe] if len(ops) else None, None)
+    kind = gpu["cat"].to_numpy(dtype=object)
+    kname = gpu["name"].to_numpy(dtype=object)
+    is_copy = np.isin(kind, ["gpu_memcpy", "gpu_memset"])
+    is_bnb = np.array([isinstance(n, str) and n.startswith("bitsandbytes::") for n in op_name], dtype=bool)
+    dequant_rows = np.unique(op_rows[has_op & (op_name == "bitsandbytes::int8_mm_dequant")])
+    mixed = _mixed_dtypes(trace, dequant_rows) if len(dequant_rows) else {}
+    mixed_col = np.array([mixed.get(int(r)) if n == "bitsandbytes::int8_mm_dequant" else None
+                          for r, n in zip(op_rows, op_name, strict=True)], dtype=object)
+    raw_bytes = gpu["bytes"].to_numpy(dtype=object) if "bytes" in gpu else np.full(len(gpu), None, dtype=object)
+    keys = pd.DataFrame({
+        "kind": kind,
+        "op_name": op_name,
+        "kernel": np.where(is_bnb | is_copy | (op_name == "aten::cat"), kname, ""),
+        "dims": dims,
+        "types": types,
+        "bytes": np.where(is_copy, raw_bytes, None),
+        "mixed": mixed_col,
+    })
+    key_cols = list(keys.columns)
+    gid = keys.fillna("\x00").groupby(key_cols, sort=False, dropna=False).ngroup().to_numpy()
+    first = pd.Series(np.arange(len(keys))).groupby(gid).first()
+    works: dict[int, Work | None] = {}
+    for g, row in first.items():
+        works[int(g)] = _estimate(keys.iloc[int(row)])
+    model = np.array([(works[g].model if works[g] else None) for g in gid], dtype=object)
+    ev = pd.DataFrame({
+        "op": op_rows, "model": model, "kernel": kname, "phase": gpu["phase"].to_numpy(dtype=object),
+        "kind": kind, "dur": gpu["dur"].to_numpy(dtype=float), "gid": gid, "step": gpu["step"].to_numpy(),
+    })
+    # Events without a launching op or a model each stand alone (unknown work).
+    alone = (ev["op"] < 0) | ev["model"].isna()
+    ev["ukey"] = np.where(alone, -1 - np.arange(len(ev)), ev["op"])
+    ev["model_key"] = ev["model"].fillna("")
+    ev = ev.sort_values("dur", ascending=False, kind="stable")
+    grouped = ev.groupby(["ukey", "model_key"], sort=False)
+    agg = grouped.agg(op=("op", "first"), kernel=("kernel", "first"), phase=("phase", "first"),
+                      kind=("kind", "first"), events=("dur", "size"), gpu_us=("dur", "sum"), gid=("gid", "first"),
+                      step=("step", "first"), model=("model", "first"))
+    # Per-event work (copies) sums over the unit's events; op-level work counts once.
+    ev["ev_bytes"] = [works[g].bytes if works[g] is not None and works[g].per_event else np.nan for g in ev["gid"]]
+    agg["ev_bytes"] = grouped["ev_bytes"].sum(min_count=1)
+    rows_b, rows_f, rows_i, rows_d, rows_l = [], [], [], [], []
+    for g, evb in zip(agg["gid"].to_numpy(), agg["ev_bytes"].to_numpy(), strict=True):
+        w = works[int(g)]
+        if w is None:
+            rows_b.append(np.nan)
+            rows_f.append(np.nan)
+            rows_i.append(np.nan)
+            rows_d.append(None)
+            rows_l.append(None)
+            continue
+        rows_b.append(evb if w.per_event else (w.bytes if w.bytes is not None else np.nan))
+        rows_f.append(w.flops if w.flops is not None else np.nan)
+        rows_i.append(w.int_ops if w.int_ops is not None else np.nan)
+        rows_d.append(w.dtype)
+        rows_l.append(w.link)
+    agg["bytes"] = rows_b
+    agg["flops"] = rows_f
+    agg["int_ops"] = rows_i
+    agg["dtype"] = rows_d
+    agg["link"] = rows_l
+    out = agg.reset_index(drop=True)[UNIT_COLUMNS]
+    cache["roofline_units"] = out
+    return out
+
+
+def _estimate(key: pd.Series) -> Work | None:
+    kind = key["kind"]
+    if kind in ("gpu_memcpy", "gpu_memset"):
+        return event_work(kind, key["kernel"], key["bytes"])
+    op = key["op_name"]
+    if not op:
+        return None
+    args = parse_args(key["dims"], key["types"])
+    if args is None:
+        return None
+    try:
+        if op.startswith("bitsandbytes::"):
+            return bnb_work(op, key["kernel"], args, key["mixed"])
+        if op.startswith("aten::"):
+            return aten_work(op, args, key["kernel"])
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Rates and bounds
+
+
+def _nan_to_none(x: Any) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, float | np.floating) and not math.isfinite(float(x)):
+        return None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
+
+
+def unit_bounds(u: pd.DataFrame, peaks: Peaks) -> pd.DataFrame:
+    """Per unit: ideal memory / compute time at the roofs (µs), utilisation, and bound label."""
+    u = u.copy()
+    n = len(u)
+    bw = peaks.bandwidth_bps()
+    hbm = (u["link"] == "hbm").to_numpy() & u["bytes"].notna().to_numpy()
+    pcie = (u["link"] == "pcie").to_numpy() & u["bytes"].notna().to_numpy()
+    gpu_us = u["gpu_us"].to_numpy(dtype=float)
+    nbytes = u["bytes"].to_numpy(dtype=float)
+    ops = u["flops"].fillna(0).to_numpy(dtype=float) + u["int_ops"].fillna(0).to_numpy(dtype=float)
+    has_math = (u["flops"].notna() | u["int_ops"].notna()).to_numpy()
+    peak = np.array([peaks.ops_per_s(d) or np.nan for d in u["dtype"].to_numpy(dtype=object)], dtype=float) \
+        if n else np.zeros(0)
+    t_mem = np.where(hbm, nbytes / bw * 1e6, np.nan) if bw else np.full(n, np.nan)
+    t_comp = np.where(has_math & hbm, ops / peak * 1e6, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mem_util = t_mem / gpu_us
+        comp_util = t_comp / gpu_us
+    max_util = np.fmax(mem_util, np.where(has_math, comp_util, np.nan))
+    ideal = np.fmax(t_mem, np.where(has_math, t_comp, np.nan))
+    latency = ((max_util < LATENCY_UTIL) & (gpu_us < LATENCY_US)) | \
+        ((ideal < LATENCY_IDEAL_US) & (max_util < LATENCY_SMALL_UTIL))
+    math_unknown = has_math & np.isnan(peak)
+    bound = np.full(n, None, dtype=object)
+    known = hbm & ~np.isnan(t_mem) & ~math_unknown
+    bound[known] = "memory"
+    bound[known & has_math & (np.nan_to_num(t_comp) > t_mem)] = "compute"
+    bound[known & latency] = "latency"
+    bound[pcie] = np.where(gpu_us[pcie] < LATENCY_US, "latency", "transfer")
+    u["t_mem_us"] = t_mem
+    u["t_comp_us"] = t_comp
+    u["bound"] = bound
+    return u
+
+
+def rate_row(u: pd.DataFrame, peaks: Peaks, total_us: float | None = None) -> dict[str, Any]:
+    """Achieved rates, utilisation and bound for a set of units (a phase, a kernel).
+
+    `u` comes from `unit_bounds`. Rates are sums of work over sums of time. The bound is the
+    label holding the largest share of the units' GPU time (``bound_shares`` has them all), so
+    a phase mixing big memory-bound GEMMs with many tiny ones is called by where its time goes.
+    """
+    gpu_total = float(u["gpu_us"].sum()) if total_us is None else float(total_us)
+    known = u[u["bytes"].notna()]
+    hbm = known[known["link"] == "hbm"]
+    pcie = known[known["link"] == "pcie"]
+    row: dict[str, Any] = dict.fromkeys(RATE_COLUMNS)
+    row["units"] = int(len(u))
+    row["gpu_time_us"] = gpu_total
+    base = hbm if len(hbm) else pcie
+    modeled_us = float(base["gpu_us"].sum())
+    row["modeled_us"] = modeled_us
+    row["modeled_share"] = modeled_us / gpu_total if gpu_total > 0 else None
+    labelled = known[known["bound"].notna()]
+    if len(labelled):
+        shares = labelled.groupby("bound")["gpu_us"].sum()
+        shares = shares / shares.sum()
+        row["bound_shares"] = {str(k): float(v) for k, v in shares.sort_values(ascending=False).items()}
+        row["bound"] = str(shares.idxmax())
+    if not len(base) or modeled_us <= 0:
+        return row
+    nbytes = float(base["bytes"].sum())
+    row["bytes"] = nbytes
+    row["achieved_gbps"] = nbytes / modeled_us / 1e3
+    row["mean_unit_us"] = modeled_us / len(base)
+    if not len(hbm):  # host<->device copies only: no roof in the table
+        return row
+    fl = hbm[hbm["flops"].notna()]
+    io = hbm[hbm["int_ops"].notna()]
+    if len(fl):
+        row["flops"] = float(fl["flops"].sum())
+        row["achieved_tflops"] = row["flops"] / float(fl["gpu_us"].sum()) / 1e6
+    if len(io):
+        row["int_ops"] = float(io["int_ops"].sum())
+        row["achieved_tops"] = row["int_ops"] / float(io["gpu_us"].sum()) / 1e6
+    math_units = hbm[hbm["flops"].notna() | hbm["int_ops"].notna()]
+    dtype = None
+    if len(math_units):
+        ops_total = float(math_units["flops"].fillna(0).sum() + math_units["int_ops"].fillna(0).sum())
+        mb = float(math_units["bytes"].sum())
+        row["intensity"] = ops_total / mb if mb > 0 else None
+        by_dtype = math_units.groupby(math_units["dtype"].fillna("?"))["gpu_us"].sum()
+        dtype = str(by_dtype.idxmax())
+        row["compute_dtype"] = dtype
+        if not math_units["t_comp_us"].isna().any():
+            row["compute_util"] = float(math_units["t_comp_us"].sum()) / float(math_units["gpu_us"].sum())
+    row["peak_gbps"] = peaks.values.get("hbm_gbps")
+    peak_ops = peaks.ops_per_s(dtype) if dtype else None
+    if peak_ops:
+        row["peak_compute"] = peak_ops / 1e12
+        row["peak_compute_unit"] = "TOPS" if dtype == "int8" else "TFLOPS"
+    sources = {peaks.source_of("hbm_gbps"), peaks.source_of(DTYPE_PEAK.get(dtype or ""))}
+    sources.discard(None)
+    row["peak_source"] = "+".join(sorted(sources)) if sources else None
+    if not hbm["t_mem_us"].isna().any():
+        row["mem_util"] = float(hbm["t_mem_us"].sum()) / modeled_us
+    return row
+
+
+def phase_roofline(trace: Trace, peaks: Peaks | None = None) -> pd.DataFrame:
+    """One row per phase with GPU time: its work, achieved rates against the peaks, and bound."""
+    peaks = peaks or peaks_for(trace.device_name)
+    u = units(trace)
+    if u.empty:
+        return pd.DataFrame(columns=["phase", *RATE_COLUMNS])
+    gpu = gpu_phases(trace)
+    totals = gpu.groupby("phase")["dur"].sum()
+    u = unit_bounds(u, peaks)
+    rows = []
+    for phase in [p for p in PHASE_ORDER if p in totals.index]:
+        rows.append({"phase": phase, **rate_row(u[u["phase"] == phase], peaks, float(totals[phase]))})
+    return pd.DataFrame(rows, columns=["phase", *RATE_COLUMNS])
+
+
+def kernel_roofline(trace: Trace, peaks: Peaks | None = None, top: int | None = 15) -> pd.DataFrame:
+    """Per principal kernel name and phase (a unit's longest kernel names it), largest first."""
+    peaks = peaks or peaks_for(trace.device_name)
+    u = units(trace)
+    cols = ["kernel", "phase", "model", *RATE_COLUMNS]
+    if u.empty:
+        return pd.DataFrame(columns=cols)
+    totals = u.groupby(["kernel", "phase"], sort=False)["gpu_us"].sum().sort_values(ascending=False, kind="stable")
+    if top:
+        totals = totals.head(top)
+    u = unit_bounds(u, peaks)
+    rows = []
+    for (kernel, phase), _ in totals.items():
+        sel = u[(u["kernel"] == kernel) & (u["phase"] == phase)]
+        models = sel["model"].dropna().unique()
+        rows.append({"kernel": kernel, "phase": phase, "model": ",".join(sorted(models)) or None,
+                     **rate_row(sel, peaks)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _nan_to_none(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+
+
+def roofline_section(trace: Trace, top: int = 15, peaks: Peaks | None = None) -> dict[str, Any]:
+    """The `roofline` block of a report: device peaks, per-phase and per-kernel rows, text."""
+    peaks = peaks or peaks_for(trace.device_name)
+    if not trace.has_gpu:
+        return {"device": peaks.to_dict(), "summary": "no GPU events in this trace: no roofline",
+                "phases": [], "kernels": [], "phase_fields": {}}
+    phases = phase_roofline(trace, peaks)
+    kernels = kernel_roofline(trace, peaks, top)
+    phase_records = _records(phases)
+    section: dict[str, Any] = {
+        "device": peaks.to_dict(),
+        "summary": peaks.summary(),
+        "thresholds": {"latency_util": LATENCY_UTIL, "latency_mean_us": LATENCY_US,
+                       "latency_ideal_us": LATENCY_IDEAL_US, "latency_small_util": LATENCY_SMALL_UTIL},
+        "phases": phase_records,
+        "kernels": _records(kernels),
+        "phase_fields": {r["phase"]: {k: r.get(k) for k in PHASE_FIELDS} for r in phase_records},
+    }
+    section["headline"] = headline(phases, peaks)
+    section["markdown"] = render_markdown(phases, kernels, peaks)
+    section["text"] = render_text(phases, peaks)
+    return section
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering (used by qtrace.reports.trace_report)
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    x = _nan_to_none(x)
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    x = _nan_to_none(x)
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def _rate(row: Any) -> str:
+    tops = _nan_to_none(row.get("achieved_tops"))
+    tflops = _nan_to_none(row.get("achieved_tflops"))
+    if tops is not None and (tflops is None or row.get("compute_dtype") == "int8"):
+        return f"{tops:.1f} TOPS"
+    if tflops is not None:
+        return f"{tflops:.1f} TFLOPS"
+    return "-"
+
+
+def headline(phases: pd.DataFrame, peaks: Peaks) -> str | None:
+    """'Roofline: int8.gemm latency (33.3 TOPS, 1.7% of peak); ...' for the top phases by GPU time."""
+    if phases.empty:
+        return None
+    p = phases.sort_values("gpu_time_us", ascending=False).head(4)
+    bits = []
+    for r in p.to_dict(orient="records"):
+        if r.get("bound") is None and _nan_to_none(r.get("achieved_gbps")) is None:
+            continue
+        util = max([x for x in (_nan_to_none(r.get("mem_util")), _nan_to_none(r.get("compute_util")))
+                    if x is not None], default=None)
+        rate = _rate(r)
+        parts = [f"{_fmt(r.get('achieved_gbps'), 0)} GB/s"] + ([rate] if rate != "-" else [])
+        roof = f", {util * 100:.1f}% of roof" if util is not None else ""
+        bits.append(f"{r['phase']} {r.get('bound') or 'unknown'}-bound ({', '.join(parts)}{roof})")
+    if not bits:
+        return None
+    return "Roofline: " + "; ".join(bits)
+
+
+ROOF_HEADERS = ["phase", "GPU ms", "modeled", "GB/s", "TFLOPS/TOPS", "% BW", "% math", "bound"]
+
+
+def _phase_cells(phases: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for r in phases.to_dict(orient="records"):
+        rows.append([r["phase"], _fmt((_nan_to_none(r["gpu_time_us"]) or 0) / 1000, 3), _pct(r["modeled_share"]),
+                     _fmt(r["achieved_gbps"], 0), _rate(r), _pct(r["mem_util"]), _pct(r["compute_util"]),
+                     r["bound"] or "-"])
+    return rows
+
+
+def render_text(phases: pd.DataFrame, peaks: Peaks) -> str:
+    from qtrace.reports.fmt import text_table
+
+    return peaks.summary() + "\n" + text_table(ROOF_HEADERS, _phase_cells(phases), "lrrrrrrl")
+
+
+def render_markdown(phases: pd.DataFrame, kernels: pd.DataFrame, peaks: Peaks) -> str:
+    from qtrace.reports.fmt import md_escape, md_table, shorten
+
+    lines = [md_escape(peaks.summary()), "",
+             f"Bytes and operations from the recorded shapes of each kernel's launching op; `modeled` is the share "
+             f"of the phase's GPU time whose work is known (host<->device copies excluded). `latency`: under "
+             f"{LATENCY_UTIL:.0%} of both roofs with units shorter than {LATENCY_US:g} µs on average, or under "
+             f"{LATENCY_IDEAL_US:g} µs of work per unit at the roof. See docs/roofline.md.", ""]
+    lines.append(md_table(ROOF_HEADERS, [[md_escape(c) for c in row] for row in _phase_cells(phases)], "lrrrrrrl"))
+    if len(kernels):
+        head = ["kernel", "phase", "units", "GPU ms", "mean µs", "GB/s", "TFLOPS/TOPS", "% BW", "% math", "bound"]
+        rows = []
+        for r in kernels.to_dict(orient="records"):
+            rows.append([md_escape(shorten(str(r["kernel"]), 70)), r["phase"], str(r["units"]),
+                         _fmt(r["gpu_time_us"] / 1000, 3), _fmt(r["mean_unit_us"], 1), _fmt(r["achieved_gbps"], 0),
+                         _rate(r), _pct(r["mem_util"]), _pct(r["compute_util"]), r["bound"] or "-"])
+        lines += ["", md_table(head, rows, "llrrrrrrrl")]
+    return "\n".join(lines)
