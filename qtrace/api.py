@@ -169,6 +169,9 @@ def profile(
     out_path = Path(out) if out is not None else default_out_dir(model or models.DEFAULT_PRESET)
     if out_path.exists():
         fileio.prepare_out_dir(out_path, force)
+    preset = models.PRESETS.get(model or models.DEFAULT_PRESET)
+    if preset is not None:  # refuse before building it
+        models.check_task(task, preset.kind, preset.name)
     spec = models.resolve_model(model, trust_remote_code, progress=say.line)
     models.check_task(task, spec.kind, spec.name)
     out_path = fileio.prepare_out_dir(out_path, force)
