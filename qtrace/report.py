@@ -62,6 +62,7 @@ class TraceReport:
         if self.measured is not None:
             out["measured"] = self.measured
         out.update(self.extra)
+        _merge_phase_fields(out)
         return out
 
 
@@ -110,14 +111,30 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
 
 
 def _extra_sections(trace: Trace, measured: dict[str, Any] | None) -> dict[str, Any]:
-    """Sections from analyzers that answer further questions (memory); each is optional."""
+    """Sections from analyzers that answer further questions (memory, roofline, outliers); each is optional."""
     sections: dict[str, Any] = {}
     try:
         from qtrace.analyzers import memory
     except ImportError:
-        return sections
-    sections["memory"] = memory.memory_section(trace, measured)
+        memory = None
+    if memory is not None:
+        sections["memory"] = memory.memory_section(trace, measured)
+    from qtrace.analyzers import outliers, roofline
+
+    sections["roofline"] = roofline.roofline_section(trace)  # its phase_fields join each phase record
+    outlier_stats = outliers.outlier_section(trace)
+    if outlier_stats is not None:
+        sections["outliers"] = outlier_stats
     return sections
+
+
+def _merge_phase_fields(out: dict[str, Any]) -> None:
+    """A section may carry per-phase fields (`phase_fields`: phase -> dict): join them into the phase records."""
+    for name, section in list(out.items()):
+        if isinstance(section, dict) and isinstance(section.get("phase_fields"), dict):
+            for record in out.get("phases") or []:
+                record.update(section["phase_fields"].get(record.get("phase"), {}))
+            out[name] = {k: v for k, v in section.items() if k != "phase_fields"}
 
 
 @dataclass
@@ -134,7 +151,7 @@ class Target:
         entry = self.run.get("precisions", {}).get(precision)
         if not isinstance(entry, dict):
             return None
-        keep = ("latency_ms", "generate", "memory", "load", "timer", "compute_dtype", "status", "error")
+        keep = ("latency_ms", "generate", "memory", "energy", "load", "timer", "compute_dtype", "status", "error")
         return {k: entry[k] for k in keep if k in entry}
 
 

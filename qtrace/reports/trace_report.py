@@ -50,7 +50,27 @@ def headline(r: TraceReport) -> list[str]:
     mem = r.extra.get("memory")
     if isinstance(mem, dict) and mem.get("summary"):
         lines.append(f"Memory: {mem['summary']}")
+    lines += _extra_headlines(r)
     return lines
+
+
+def _extra_headlines(r: TraceReport) -> list[str]:
+    """Roofline, LLM.int8 outliers and energy (run.json), when known."""
+    out = []
+    roof = r.extra.get("roofline")
+    if isinstance(roof, dict) and roof.get("headline"):
+        out.append(roof["headline"])
+    outl = r.extra.get("outliers")
+    if isinstance(outl, dict) and outl.get("summary"):
+        out.append(outl["summary"])
+    energy = (r.measured or {}).get("energy")
+    if isinstance(energy, dict) and energy.get("joules_per_iter") is not None:
+        bits = [f"{energy['joules_per_iter']:.3f} J per iteration"]
+        for key, label in (("joules_per_example", "per example"), ("joules_per_token", "per generated token")):
+            if energy.get(key) is not None:
+                bits.append(f"{energy[key]:.4f} J {label}")
+        out.append(f"Energy ({energy.get('source', 'nvml')}, un-profiled pass): " + ", ".join(bits))
+    return out
 
 
 def _title(r: TraceReport) -> str:
@@ -96,6 +116,9 @@ def render_text(reports: list[TraceReport]) -> str:
             out += ["", text_table(STEP_HEADERS, _step_rows(r))]
         if len(r.kernels):
             out += ["", text_table(KERNEL_HEADERS, _kernel_rows(r, 60, escape=False), "llrrr")]
+        roof = r.extra.get("roofline")
+        if isinstance(roof, dict) and roof.get("text"):
+            out += ["", roof["text"]]
         out.append("")
     return "\n".join(out)
 
@@ -117,6 +140,10 @@ def render_markdown(reports: list[TraceReport]) -> str:
         mem = r.extra.get("memory")
         if isinstance(mem, dict) and mem.get("markdown"):
             out += ["", "### Memory", "", mem["markdown"]]
+        for key, title in (("roofline", "Roofline"), ("outliers", "LLM.int8 outliers")):
+            section = r.extra.get(key)
+            if isinstance(section, dict) and section.get("markdown"):
+                out += ["", f"### {title}", "", section["markdown"]]
         out.append("")
     return "\n".join(out)
 
@@ -133,6 +160,9 @@ def _strip(d: dict[str, Any]) -> dict[str, Any]:
     mem = d.get("memory")
     if isinstance(mem, dict):
         d["memory"] = {k: v for k, v in mem.items() if k != "markdown"}
+    for key in ("roofline", "outliers"):
+        if isinstance(d.get(key), dict):
+            d[key] = {k: v for k, v in d[key].items() if k not in ("markdown", "text")}
     return d
 
 
