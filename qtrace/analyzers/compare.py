@@ -41,8 +41,8 @@ HOST_FIELDS = ("span_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sy
 PRECISION_WORDS = ("fp32", "fp16", "bf16", "int8", "nf4", "fp4", "int4")
 _TOL_US = 1e-6  # below this a balancing term is float noise and gets no bar of its own
 
-SOURCE_MEASURED = "measured: un-profiled median per iteration (run.json)"
-SOURCE_STEPS = "trace: median ProfilerStep span (profiled)"
+SOURCE_MEASURED = "measured: un-profiled median per iteration, from run.json"
+SOURCE_STEPS = "trace: median ProfilerStep span, profiled"
 
 
 @dataclass
@@ -83,6 +83,7 @@ class RunComparison:
     """A run against the baseline: latency ratio, host delta, waterfalls."""
 
     run: RunFigures
+    baseline: RunFigures
     latency_ratio: float | None
     latency_source: str
     host_delta: dict[str, float]
@@ -100,7 +101,7 @@ class Comparison:
     unit: str  # "pass" or "window"
     deltas: pd.DataFrame  # one row per (run, phase), phases only
     comparisons: list[RunComparison]  # one per non-baseline run
-    memory_deltas: list[dict[str, Any]] = field(default_factory=list)
+    memory_deltas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # section -> rows
     notes: list[str] = field(default_factory=list)
 
     def comparison_for(self, label: str) -> RunComparison:
@@ -218,10 +219,10 @@ def _figures(report: TraceReport, label: str, passes: int | None, passes_source:
         trace_src = SOURCE_STEPS
     elif passes:
         trace_ms = span / passes / 1000.0
-        trace_src = f"trace: window span / {passes} passes (profiled)"
+        trace_src = f"trace: window span / {passes} passes, profiled"
     else:
         trace_ms = span / 1000.0
-        trace_src = "trace: window span (profiled; pass count unknown)"
+        trace_src = "trace: window span, profiled, pass count unknown"
     per_pass = (1.0 if unit == "pass" else 1.0 / passes) if passes else None
     return RunFigures(label=label, report=report, passes=passes, passes_source=passes_source, scale=scale,
                       per_pass=per_pass, phases=table, host=host, gpu_time_us=gpu_time,
@@ -248,9 +249,9 @@ def _latency_ratio(base: RunFigures, run: RunFigures) -> tuple[float | None, str
     if len(base.report.steps) and len(run.report.steps):
         src = SOURCE_STEPS
     elif base.passes and run.passes:
-        src = "trace: window span per pass (profiled)"
+        src = "trace: window span per pass, profiled"
     else:
-        src = "trace: window span (profiled; windows assumed to hold the same number of passes)"
+        src = "trace: window span, profiled; the windows are assumed to hold the same number of passes"
     if (base.passes and run.passes) or (len(base.report.steps) and len(run.report.steps)):
         b, r = base.trace_ms, run.trace_ms
     else:
@@ -318,7 +319,7 @@ def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict
                                   "value_us": base.measured_ms * 1000.0}]
     out += [dict(s) for s in trace_steps[1:-1] if s["kind"] in gpu_kinds]
     if k >= 0:
-        out += [{**s, "value_us": s["value_us"] * k} for s in trace_steps[1:-1] if s["kind"] in host_kinds]
+        out += [{**s, "value_us": s["value_us"] * k, "scale": k} for s in trace_steps[1:-1] if s["kind"] in host_kinds]
         note = (f"GPU bars as traced; host-side bars scaled by {k:.3f} = (measured delta - traced GPU busy delta) "
                 f"/ traced GPU-idle delta")
     else:
@@ -333,55 +334,64 @@ def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict
 
 # --- memory (issue 4's section, when present) --------------------------------------------------
 
+# The per-phase lists of the memory section that compare reads (docs/memory.md keeps these keys stable).
+MEMORY_LISTS = ("at_peak", "phases")
+MEMORY_TOTALS = ("peak_allocated_bytes", "max_reserved_bytes", "start_allocated_bytes", "resident_bytes")
+
 
 def _memory_lists(section: Any) -> dict[str, dict[str, dict[str, float]]]:
     """Per-phase lists of a memory section: {list key: {phase: {numeric field: value}}}."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    if not isinstance(section, dict):
+    if not isinstance(section, dict) or section.get("available") is False:
         return out
-    for key, value in section.items():
-        if not isinstance(value, list) or not value or not all(isinstance(v, dict) and "phase" in v for v in value):
+    for key in MEMORY_LISTS:
+        value = section.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, dict) and "phase" in v for v in value):
             continue
         per: dict[str, dict[str, float]] = {}
         for row in value:
-            nums = {k: float(v) for k, v in row.items()
-                    if k != "phase" and isinstance(v, int | float) and not isinstance(v, bool)}
             acc = per.setdefault(str(row["phase"]), {})
-            for k, v in nums.items():
-                acc[k] = acc.get(k, 0.0) + v
+            for k, v in row.items():
+                if k != "phase" and isinstance(v, int | float) and not isinstance(v, bool):
+                    acc[k] = acc.get(k, 0.0) + float(v)
         out[key] = per
     return out
 
 
-def memory_deltas(base: RunFigures, run: RunFigures) -> list[dict[str, Any]]:
-    """Per-phase memory deltas from report.extra['memory'] (empty while that analyzer is absent).
+def memory_deltas(base: RunFigures, run: RunFigures) -> dict[str, list[dict[str, Any]]]:
+    """Per-phase memory deltas from report.extra['memory'] ({} while that analyzer is absent).
 
-    Memory figures are bytes at a moment (peaks) or per window (transients): not divided by passes.
+    ``at_peak``: bytes/blocks live at the allocator peak by phase (``resident`` included), so a
+    run's ``bytes_delta`` add up to its ``peak_allocated_bytes`` delta. ``phases``: allocations,
+    transients and peak increments per phase. Bytes are not divided by passes: a peak is a moment.
     """
-    b_sec = base.report.extra.get("memory")
-    r_sec = run.report.extra.get("memory")
-    b_lists, r_lists = _memory_lists(b_sec), _memory_lists(r_sec)
-    rows: list[dict[str, Any]] = []
-    for key in dict.fromkeys(list(b_lists) + list(r_lists)):
-        b, r = b_lists.get(key, {}), r_lists.get(key, {})
-        phases = [p for p in PHASE_ORDER if p in b or p in r]
+    b_lists = _memory_lists(base.report.extra.get("memory"))
+    r_lists = _memory_lists(run.report.extra.get("memory"))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in MEMORY_LISTS:
+        if key not in b_lists or key not in r_lists:
+            continue
+        b, r = b_lists[key], r_lists[key]
+        phases = [p for p in ("resident", *PHASE_ORDER) if p in b or p in r]
         phases += [p for p in dict.fromkeys(list(b) + list(r)) if p not in phases]
+        rows = []
         for p in phases:
             fields = dict.fromkeys(list(b.get(p, {})) + list(r.get(p, {})))
-            row: dict[str, Any] = {"run": run.label, "section": key, "phase": p}
+            row: dict[str, Any] = {"run": run.label, "phase": p}
             for f in fields:
                 row[f"{f}_delta"] = r.get(p, {}).get(f, 0.0) - b.get(p, {}).get(f, 0.0)
             rows.append(row)
-    return rows
+        out[key] = rows
+    return out
 
 
 def memory_totals_delta(base: RunFigures, run: RunFigures) -> dict[str, float]:
-    """Deltas of the memory section's top-level numbers (peak_allocated_bytes, ...)."""
+    """Deltas of the memory section's totals (peak_allocated_bytes, ...), where both runs have them."""
     b, r = base.report.extra.get("memory"), run.report.extra.get("memory")
     if not isinstance(b, dict) or not isinstance(r, dict):
         return {}
     out = {}
-    for k in dict.fromkeys(list(b) + list(r)):
+    for k in MEMORY_TOTALS:
         bv, rv = b.get(k), r.get(k)
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in (bv, rv)):
             out[f"{k}_delta"] = float(rv) - float(bv)
@@ -457,7 +467,8 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
     if len(devices) > 1:
         notes.append(f"the runs come from different devices ({', '.join(sorted(devices))})")
 
-    delta_frames, comps, mem = [], [], []
+    delta_frames, comps = [], []
+    mem: dict[str, list[dict[str, Any]]] = {}
     for fig in figs:
         if fig is base:
             continue
@@ -469,10 +480,12 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
         factor, w_unit = waterfall_factor(base, fig)
         tw = trace_waterfall(base, fig, d, factor)
         mw, note = measured_waterfall(base, fig, tw, w_unit)
-        comps.append(RunComparison(run=fig, latency_ratio=ratio, latency_source=src, host_delta=host_delta,
-                                   gpu_time_us_delta=fig.gpu_time_us - base.gpu_time_us, waterfall_unit=w_unit,
-                                   trace_waterfall=tw, measured_waterfall=mw, measured_note=note))
-        mem += memory_deltas(base, fig)
+        comps.append(RunComparison(run=fig, baseline=base, latency_ratio=ratio, latency_source=src,
+                                   host_delta=host_delta, gpu_time_us_delta=fig.gpu_time_us - base.gpu_time_us,
+                                   waterfall_unit=w_unit, trace_waterfall=tw, measured_waterfall=mw,
+                                   measured_note=note))
+        for key, rows in memory_deltas(base, fig).items():
+            mem.setdefault(key, []).extend(rows)
     cols = ["run", "phase", "group", *(f"{c}_delta" for c in DELTA_FIELDS)]
     deltas = pd.concat(delta_frames, ignore_index=True) if delta_frames else pd.DataFrame(columns=cols)
     return Comparison(baseline=base, runs=figs, unit=unit, deltas=deltas[cols], comparisons=comps,

@@ -31,6 +31,9 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     reports = analyze_target(target, top=top)
     if out is not None:
         trace_report.write_outputs(reports, out, str(target.path), target.run)
+        from qtrace import annotate  # the annotated trace for Perfetto (`qtrace view OUT` says how to open it)
+
+        annotate.write_for_reports(reports, out)
         try:
             from qtrace.reports import html
         except ImportError:
