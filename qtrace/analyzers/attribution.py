@@ -168,7 +168,7 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     rt["group"] = rt["phase"].map(group_of)
     rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
     # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
-    pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].str.contains("Pageable", regex=False)]["runtime"]
+    pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False)]["runtime"]
     lo, hi = window(trace)
     inside = (rt["ts"] >= lo) & (rt["ts"] <= hi)
     rt["is_sync"] = inside & (rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS)

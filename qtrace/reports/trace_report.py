@@ -24,6 +24,12 @@ def headline(r: TraceReport) -> list[str]:
     if len(p):
         tops = ", ".join(f"{row.phase} {pct(row.gpu_share)} ({ms(row.gpu_time_us)} ms)" for row in p.itertuples())
         lines.append(f"Top phases by GPU time: {tops}")
+    elif not r.trace.has_gpu and r.phases["cpu_time_us"].sum() > 0:
+        total = r.phases["cpu_time_us"].sum()
+        c = r.phases.sort_values("cpu_time_us", ascending=False).head(3)
+        tops = ", ".join(f"{row.phase} {pct(row.cpu_time_us / total)} ({ms(row.cpu_time_us)} ms)"
+                         for row in c.itertuples())
+        lines.append(f"Top phases by host CPU time: {tops}")
     q = r.phases[r.phases["phase"].isin(QUANT_PHASES)]
     if len(q):
         lines.append(
