@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -82,3 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
+        if os.environ.get("QTRACE_DEBUG"):
+            raise
+        click.echo(f"qtrace: internal error: {type(exc).__name__}: {exc} (set QTRACE_DEBUG=1 for the traceback)",
+                   err=True)
+        sys.exit(1)
