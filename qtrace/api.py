@@ -246,6 +246,7 @@ class _Runner:
         import torch
 
         from qtrace import device as qdevice
+        from qtrace import models
         from qtrace.models import quiet_libraries
 
         run = self._run_header(qdevice.environment(self.dev))
@@ -254,6 +255,7 @@ class _Runner:
         fileio.write_json(self.out / RUN_FILE, run)
         if self.dev.type == "cuda":
             torch.cuda.set_device(self.dev)  # CUDA events record on the current device's stream
+        models.free_model(None)  # a preset just built, or an earlier run, may still hold memory
         with quiet_libraries(), torch.inference_mode():
             for precision in self.precisions:
                 run["precisions"][precision] = self._one(precision)

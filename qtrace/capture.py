@@ -263,7 +263,7 @@ def _reset_peaks(device: Any) -> None:
 def _read_peaks(device: Any) -> dict[str, int | None]:
     memory: dict[str, int | None] = {
         "max_allocated_bytes": None, "max_reserved_bytes": None, "nvml_process_bytes": None,
-        "cpu_peak_rss_bytes": qdevice.peak_rss_bytes(),
+        "cpu_peak_rss_bytes": qdevice.peak_rss_bytes(), "nvml_device_used_bytes": None,
     }
     if device.type == "cuda":
         import torch
