@@ -741,7 +741,7 @@ def roofline_section(trace: Trace, top: int = 15, peaks: Peaks | None = None) ->
     peaks = peaks or peaks_for(trace.device_name)
     if not trace.has_gpu:
         return {"device": peaks.to_dict(), "summary": "no GPU events in this trace: no roofline",
-                "phases": [], "kernels": [], "phase_fields": {}}
+                "phases": [], "kernels": [], "phase_fields": {p: dict.fromkeys(PHASE_FIELDS) for p in PHASE_ORDER}}
     phases = phase_roofline(trace, peaks)
     kernels = kernel_roofline(trace, peaks, top)
     phase_records = _records(phases)
@@ -752,7 +752,9 @@ def roofline_section(trace: Trace, top: int = 15, peaks: Peaks | None = None) ->
                        "latency_ideal_us": LATENCY_IDEAL_US, "latency_small_util": LATENCY_SMALL_UTIL},
         "phases": phase_records,
         "kernels": _records(kernels),
-        "phase_fields": {r["phase"]: {k: r.get(k) for k in PHASE_FIELDS} for r in phase_records},
+        # Every phase gets the fields (null where it has no GPU time), so each phase record has the same keys.
+        "phase_fields": {p: dict.fromkeys(PHASE_FIELDS) for p in PHASE_ORDER}
+        | {r["phase"]: {k: r.get(k) for k in PHASE_FIELDS} for r in phase_records},
     }
     section["headline"] = headline(phases, peaks)
     section["markdown"] = render_markdown(phases, kernels, peaks)
