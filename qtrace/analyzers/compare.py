@@ -134,20 +134,26 @@ def _guess_label(report: TraceReport) -> str:
 
 
 def run_labels(reports: list[TraceReport]) -> list[str]:
-    """Short unique names: the precision where known (or found in the file name), else the file stem."""
-    labels = [_guess_label(r) for r in reports]
-    for i, lab in enumerate(labels):
-        if labels.count(lab) > 1:
-            stem = _stem(reports[i].source)
-            parent = Path(reports[i].source).parent.name
-            labels[i] = f"{lab}:{stem if stem != 'trace' else parent or stem}"
-    # Still duplicated (same file twice): number them.
+    """Short unique names: the precision where known (or found in the file name), else the file stem.
+
+    Clashing names get the file stem (or, for `<precision>/trace.json.gz`, the folder) after a
+    colon; names still equal (the same file twice) are numbered.
+    """
+    guessed = [_guess_label(r) for r in reports]
+    labels = []
+    for lab, r in zip(guessed, reports, strict=True):
+        if guessed.count(lab) > 1:
+            stem = _stem(r.source)
+            lab = f"{lab}:{Path(r.source).parent.name if stem == 'trace' else stem}"
+        labels.append(lab)
+    dup = {lab for lab in labels if labels.count(lab) > 1}
     seen: dict[str, int] = {}
     out = []
     for lab in labels:
-        n = seen.get(lab, 0)
-        seen[lab] = n + 1
-        out.append(lab if n == 0 and labels.count(lab) == 1 else f"{lab}#{n + 1}")
+        if lab in dup:
+            seen[lab] = seen.get(lab, 0) + 1
+            lab = f"{guessed[len(out)]}#{seen[lab]}"
+        out.append(lab)
     return out
 
 
