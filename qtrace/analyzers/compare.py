@@ -494,6 +494,9 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
             mem.setdefault(key, []).extend(rows)
     cols = ["run", "phase", "group", *(f"{c}_delta" for c in DELTA_FIELDS)]
     deltas = pd.concat(delta_frames, ignore_index=True) if delta_frames else pd.DataFrame(columns=cols)
+    for col in ("launches_delta", "host_syncs_delta"):  # counts stay counts unless divided per pass
+        if len(deltas) and (deltas[col] % 1 == 0).all():
+            deltas[col] = deltas[col].astype("int64")
     return Comparison(baseline=base, runs=figs, unit=unit, deltas=deltas[cols], comparisons=comps,
                       memory_deltas=mem, notes=notes)
 
