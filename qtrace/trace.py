@@ -4,10 +4,20 @@ Only the fields qtrace uses are decoded: msgspec decodes the JSON straight into 
 structs and skips every other key at C speed, so a 400 MB trace never becomes millions of
 Python dicts. Everything downstream (the analyzers) works on the DataFrames of `Trace`.
 
+Big traces are streamed: the file (or the gzip stream) is read in blocks, the ``traceEvents``
+array is cut at event boundaries into chunks of a few MB, and each chunk is decoded and turned
+into column arrays before the next one is read. So neither the whole decompressed text nor all
+the decoded events are ever in memory at once; names and shapes are interned, numbers go
+straight into numpy arrays. Each chunk must decode as a JSON array on its own and the rest of
+the file must decode as an object whose ``traceEvents`` is the array we streamed; when the
+layout is anything else (or anything is wrong with the file) the loader falls back to decoding
+the whole file at once, which gives the same tables, or the same one-line error.
+
 Tables (timestamps in microseconds relative to the first event, as floats):
 - ``ops``: host ranges: ``cpu_op``, ``user_annotation`` (record_function, ProfilerStep#N,
   qtrace annotations) and ``python_function``; with ``parent`` (row of the enclosing range on the
-  same thread, -1 at the top) and ``depth``.
+  same thread, -1 at the top) and ``depth``. ``input_dims`` / ``input_type`` hold the raw JSON
+  bytes of the op's ``Input Dims`` / ``Input type`` (or None); equal values share one object.
 - ``runtime``: CUDA runtime/driver calls, with the ``op`` that issued them (innermost range).
 - ``gpu``: kernels, GPU memcpy and memset, joined to their launching ``runtime`` call by the
   correlation id and so to ``op``.
@@ -18,11 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
+import operator
 import os
+import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -35,28 +49,34 @@ RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 MEMORY_EVENT = "[memory]"
 
-
 _NO_RAW = msgspec.Raw(b"")
+# Integer fields are int64 columns. The smallest int64 marks "field absent" while decoding, so it
+# is refused as a value (any integer outside int64 is refused too: one clear error, not a crash).
+_NA = -(2**63)
+_Int = Annotated[int, msgspec.Meta(ge=_NA + 1, le=2**63 - 1)]
 
 
-class _Args(msgspec.Struct):
-    external_id: int | None = msgspec.field(name="External id", default=None)
-    correlation: int | None = None
-    device: int | None = None
-    stream: int | None = None
-    bytes: int | None = None
-    mem_bytes: int | None = msgspec.field(name="Bytes", default=None)
-    addr: int | None = msgspec.field(name="Addr", default=None)
-    total_allocated: int | None = msgspec.field(name="Total Allocated", default=None)
-    total_reserved: int | None = msgspec.field(name="Total Reserved", default=None)
-    device_id: int | None = msgspec.field(name="Device Id", default=None)
-    device_type: int | None = msgspec.field(name="Device Type", default=None)
+class _Args(msgspec.Struct, gc=False):
+    external_id: _Int | None = msgspec.field(name="External id", default=_NA)
+    correlation: _Int | None = _NA
+    device: _Int | None = _NA
+    stream: _Int | None = _NA
+    bytes: _Int | None = _NA
+    mem_bytes: _Int | None = msgspec.field(name="Bytes", default=_NA)
+    addr: _Int | None = msgspec.field(name="Addr", default=_NA)
+    total_allocated: _Int | None = msgspec.field(name="Total Allocated", default=_NA)
+    total_reserved: _Int | None = msgspec.field(name="Total Reserved", default=_NA)
+    device_id: _Int | None = msgspec.field(name="Device Id", default=_NA)
+    device_type: _Int | None = msgspec.field(name="Device Type", default=_NA)
     # Shapes stay raw JSON text until an analyzer asks for them (roofline, outlier counts).
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_NO_RAW)
     input_type: msgspec.Raw = msgspec.field(name="Input type", default=_NO_RAW)
 
 
-class _Event(msgspec.Struct):
+_EMPTY_ARGS = _Args()
+
+
+class _Event(msgspec.Struct, gc=False):
     ph: str = ""
     cat: str = ""
     name: str = ""
@@ -101,13 +121,21 @@ class Trace:
         return len(self.gpu) > 0
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The decompressed bytes of a .json or .json.gz file, or one clear TraceFormatError."""
-    p = Path(path)
+# ---------------------------------------------------------------------------------------
+# Reading bytes
+
+
+def _check_file(p: Path) -> None:
     if not p.exists():
         raise TraceFormatError(f"{p}: no such file")
     if p.is_dir():
         raise TraceFormatError(f"{p}: is a folder, not a trace file")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The decompressed bytes of a .json or .json.gz file, or one clear TraceFormatError."""
+    p = Path(path)
+    _check_file(p)
     try:
         raw = p.read_bytes()
     except OSError as exc:
@@ -124,33 +152,255 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return raw
 
 
-def _split_metadata(raw: bytes) -> dict[str, Any]:
-    """Top-level keys other than traceEvents (deviceProperties, qtrace, distributedInfo...)."""
-    meta_type = dict[str, Any]
+_READ_BLOCK = 1 << 20  # compressed bytes read at a time
 
-    class _Top(msgspec.Struct):
-        schemaVersion: Any = None  # noqa: N815
-        deviceProperties: Any = None  # noqa: N815
-        qtrace: Any = None
-        distributedInfo: Any = None  # noqa: N815
-        baseTimeNanoseconds: Any = None  # noqa: N815
-        displayTimeUnit: Any = None  # noqa: N815
-        traceName: Any = None  # noqa: N815
-        record_shapes: Any = None
-        profile_memory: Any = None
-        with_stack: Any = None
 
-    top = msgspec.json.decode(raw, type=_Top)
-    out: meta_type = {k: getattr(top, k) for k in top.__struct_fields__ if getattr(top, k) is not None}
+def _blocks(p: Path, size: int) -> Iterator[bytes]:
+    """The decompressed content of `p` in blocks of about `size` bytes; TraceFormatError on bad input."""
+    _check_file(p)
+    try:
+        fh = open(p, "rb")  # noqa: SIM115 (closed by the with below; open errors get their own message)
+    except OSError as exc:
+        raise TraceFormatError(f"{p}: cannot read ({exc.strerror})") from None
+    with fh:
+        try:
+            head = fh.read(2)
+            if not head:
+                raise TraceFormatError(f"{p}: empty file")
+            fh.seek(0)
+            if head != b"\x1f\x8b":
+                while block := fh.read(size):
+                    yield block
+                return
+            yield from _gunzip(p, fh, size)
+        except OSError as exc:
+            raise TraceFormatError(f"{p}: cannot read ({exc.strerror or exc})") from None
+
+
+def _gunzip(p: Path, fh: Any, size: int) -> Iterator[bytes]:
+    """Stream-decompress a (possibly multi-member, zero-padded) gzip file as strictly as gzip.decompress."""
+    d = zlib.decompressobj(wbits=31)
+    total = 0
+    data = b""
+    try:
+        while True:
+            if not data:
+                data = fh.read(_READ_BLOCK)
+                if not data:
+                    if not d.eof:
+                        raise TraceFormatError(f"{p}: damaged or truncated gzip file (Compressed file ended "
+                                               "before the end-of-stream marker was reached)")
+                    break
+            out = d.decompress(data, size)
+            data = d.unconsumed_tail
+            if out:
+                total += len(out)
+                yield out
+            if d.eof:
+                # Another member may follow, after optional zero padding; nothing else may.
+                rest = d.unused_data + data
+                while True:
+                    rest = rest.lstrip(b"\x00")
+                    if len(rest) >= 2:
+                        break
+                    more = fh.read(_READ_BLOCK)
+                    if not more:
+                        break
+                    rest += more
+                if not rest:
+                    break
+                if rest[:2] != b"\x1f\x8b":
+                    raise TraceFormatError(f"{p}: damaged or truncated gzip file (trailing garbage after the "
+                                           "compressed data)")
+                d = zlib.decompressobj(wbits=31)
+                data = rest
+    except zlib.error as exc:
+        raise TraceFormatError(f"{p}: damaged or truncated gzip file ({exc})") from None
+    if not total:
+        raise TraceFormatError(f"{p}: empty file inside gzip")
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+
+
+class _Top(msgspec.Struct):
+    schemaVersion: Any = None  # noqa: N815
+    deviceProperties: Any = None  # noqa: N815
+    qtrace: Any = None
+    distributedInfo: Any = None  # noqa: N815
+    baseTimeNanoseconds: Any = None  # noqa: N815
+    displayTimeUnit: Any = None  # noqa: N815
+    traceName: Any = None  # noqa: N815
+    record_shapes: Any = None
+    profile_memory: Any = None
+    with_stack: Any = None
+
+
+class _StreamTop(_Top):
+    traceEvents: Any = None  # noqa: N815 (here: the sentinel that stands in for the streamed array)
+
+
+_META_KEYS = _Top.__struct_fields__
+
+
+def _metadata_of(top: _Top | _StreamTop) -> dict[str, Any]:
+    out = {k: getattr(top, k) for k in _META_KEYS if getattr(top, k) is not None}
     if isinstance(out.get("qtrace"), str):  # add_metadata_json stores a JSON value; tolerate a string
         with contextlib.suppress(msgspec.DecodeError):
             out["qtrace"] = msgspec.json.decode(out["qtrace"])
     return out
 
 
-def load_trace(path: str | os.PathLike) -> Trace:
-    """Load and validate a Kineto trace. Raises TraceFormatError with one line on bad input."""
+def _split_metadata(raw: bytes) -> dict[str, Any]:
+    """Top-level keys other than traceEvents (deviceProperties, qtrace, distributedInfo...)."""
+    return _metadata_of(msgspec.json.decode(raw, type=_Top))
+
+
+_EVENTS_DECODER = msgspec.json.Decoder(list[_Event])
+_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_KINETO_SEP = b"\n  },\n  {"  # how Kineto separates events
+_ANY_SEP = re.compile(rb"\}\s*,\s*\{")
+_SENTINEL = b'"\\u0000qtrace: streamed traceEvents"'
+_SENTINEL_VALUE = "\x00qtrace: streamed traceEvents"
+CHUNK_BYTES = 1 << 20  # text decoded at a time when streaming: small enough to stay in the CPU cache
+_MAX_HEADER = 256 << 20
+_MAX_TAIL_TRIES = 16
+
+
+class _Fallback(Exception):
+    """The file is not laid out as expected for streaming: decode it whole instead."""
+
+
+def _last_separator(buf: bytearray, start: int) -> tuple[int, int] | None:
+    """(index just after the '}' closing an event, index of the next event's '{') of the last separator."""
+    i = buf.rfind(_KINETO_SEP, start)
+    if i >= 0:
+        return i + 4, i + len(_KINETO_SEP) - 1
+    window = 1 << 16
+    hi = len(buf)
+    while hi > start:
+        lo = max(start, hi - window)
+        last = None
+        for m in _ANY_SEP.finditer(buf, lo, hi):
+            last = m
+        if last is not None:
+            return last.start() + 1, last.end() - 1
+        if lo == start:
+            break
+        hi = lo + 16  # overlap: a separator may straddle the window edge
+        window *= 4
+    return None
+
+
+def _decode_into(cols: _Columns, buf: bytearray, end: int) -> bool:
+    """Decode buf[:end] (a JSON array of events) into `cols`, without copying; False if it does not decode."""
+    mv = memoryview(buf)
+    piece = mv[:end]
+    try:
+        events = _EVENTS_DECODER.decode(piece)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        piece.release()
+        mv.release()
+        return False
+    cols.add(events)
+    del events  # Raw shapes point into `buf`: they must be gone before the views are released
+    piece.release()
+    mv.release()
+    return True
+
+
+def _stream_decode(p: Path, chunk_bytes: int) -> tuple[_Columns, dict[str, Any]]:
+    """Decode `p` chunk by chunk into columns. Raises _Fallback when the layout does not allow it."""
+    blocks = _blocks(p, chunk_bytes)
+    try:
+        return _stream_decode_blocks(blocks, chunk_bytes)
+    finally:
+        blocks.close()
+
+
+_WS = frozenset(b" \t\r\n")
+
+
+def _stream_decode_blocks(blocks: Iterator[bytes], chunk_bytes: int) -> tuple[_Columns, dict[str, Any]]:
+    buf = bytearray()
+    eof = False
+
+    def fill(n: int) -> None:
+        nonlocal eof
+        while len(buf) < n and not eof:
+            b = next(blocks, None)
+            if b is None:
+                eof = True
+            else:
+                buf.extend(b)
+
+    # Header: everything before the traceEvents array.
+    m = None
+    while m is None:
+        fill(len(buf) + chunk_bytes)
+        m = _EVENTS_KEY.search(buf)
+        if m is None and (eof or len(buf) > _MAX_HEADER):
+            raise _Fallback
+    prefix = bytes(buf[: m.end() - 1])
+    del buf[: m.end() - 1]  # buf[0] is the array's '['; it stays so: each chunk decodes in place
+
+    cols = _Columns()
+    while True:
+        fill(chunk_bytes)
+        if eof:
+            break
+        sep = _last_separator(buf, 1)
+        if sep is None:
+            if len(buf) > _MAX_HEADER:
+                raise _Fallback
+            fill(len(buf) + chunk_bytes)
+            continue
+        close, nxt = sep
+        buf[close] = 0x5D  # ']' ends this chunk's array...
+        if not _decode_into(cols, buf, close + 1):
+            raise _Fallback
+        del buf[: nxt - 1]
+        buf[0] = 0x5B  # ...and '[' starts the next one
+
+    # Tail: the last events, the ']' closing the array, then the rest of the top-level object.
+    tries = 0
+    pos = len(buf)
+    while True:
+        pos = buf.rfind(b"]", 1, pos)
+        if pos < 0 or tries >= _MAX_TAIL_TRIES:
+            raise _Fallback
+        tries += 1
+        last = pos - 1
+        while last > 0 and buf[last] in _WS:
+            last -= 1
+        if last > 0 and buf[last] != 0x7D:  # the array ends with an event's '}' (or is empty)
+            continue
+        tail = bytes(buf[pos + 1:])
+        if _decode_into(cols, buf, pos + 1):
+            break
+    try:
+        top = msgspec.json.decode(prefix + _SENTINEL + tail, type=_StreamTop)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise _Fallback from None
+    if top.traceEvents != _SENTINEL_VALUE:
+        raise _Fallback
+    return cols, _metadata_of(top)
+
+
+def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int = CHUNK_BYTES) -> Trace:
+    """Load and validate a Kineto trace. Raises TraceFormatError with one line on bad input.
+
+    `stream=False` decodes the whole file at once (the fallback path; same result).
+    """
     p = Path(path)
+    if stream:
+        try:
+            cols, metadata = _stream_decode(p, chunk_bytes)
+        except _Fallback:
+            pass
+        else:
+            return build_trace(cols, source=str(p), metadata=metadata)
     raw = read_bytes(p)
     try:
         decoded = msgspec.json.decode(raw, type=_TraceFile)
@@ -165,19 +415,156 @@ def load_trace(path: str | os.PathLike) -> Trace:
     except msgspec.DecodeError as exc:
         raise TraceFormatError(f"{p}: not valid JSON ({exc})") from None
     del raw
-    return build_trace(decoded.traceEvents, source=str(p), metadata=metadata)
+    cols = _Columns()
+    cols.add(decoded.traceEvents)
+    del decoded
+    return build_trace(cols, source=str(p), metadata=metadata)
 
 
-def build_trace(events: list[_Event], source: str, metadata: dict[str, Any]) -> Trace:
-    cols = _columns(events)
-    del events
-    if not cols["host"]["name"] and not cols["gpu"]["name"]:
+# ---------------------------------------------------------------------------------------
+# Columns
+
+_KIND_GPU, _KIND_HOST, _KIND_RUNTIME, _KIND_MEMORY = 1, 2, 3, 4
+_X_KIND = {**{c: _KIND_GPU for c in GPU_CATS}, **{c: _KIND_HOST for c in HOST_RANGE_CATS},
+           **{c: _KIND_RUNTIME for c in RUNTIME_CATS}}
+
+HOST_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "input_dims", "input_type")
+RUNTIME_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "correlation")
+GPU_COLUMNS = ("name", "cat", "device", "stream", "ts", "dur", "ext_id", "correlation", "bytes")
+MEMORY_COLUMNS = ("pid", "tid", "ts", "device_type", "device_id", "addr", "bytes", "total_allocated",
+                  "total_reserved")
+_STR_COLS = ("name", "cat", "pid", "tid")
+_ARG_FIELD = {"ext_id": "external_id", "correlation": "correlation", "device": "device", "stream": "stream",
+              "bytes": "bytes", "device_type": "device_type", "device_id": "device_id", "addr": "addr",
+              "total_allocated": "total_allocated", "total_reserved": "total_reserved",
+              "input_dims": "input_dims", "input_type": "input_type"}
+_MEM_ARG_FIELD = {**_ARG_FIELD, "bytes": "mem_bytes"}
+
+
+class _Columns:
+    """Column pieces of the four tables, appended chunk by chunk; strings and shapes interned."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[str, dict[str, list]] = {
+            t: {c: [] for c in columns} for t, columns in _TABLE_COLUMNS.items()}
+        self._strings: dict[Any, str] = {}
+        self._raws: dict[bytes, bytes | None] = {b"": None}
+
+    def _str(self, values: list) -> list[str]:
+        table = self._strings
+        for v in set(values).difference(table):
+            # pid/tid are ints or strings: the column holds their text, as str(v) would give.
+            table[v] = v if isinstance(v, str) else str(v)
+        return list(map(table.__getitem__, values))
+
+    def _raw(self, values: list) -> list[bytes | None]:
+        vals = list(map(bytes, values))
+        table = self._raws
+        for v in set(vals).difference(table):
+            table[v] = v
+        return list(map(table.__getitem__, vals))
+
+    def add(self, events: list[_Event]) -> None:
+        if not events:
+            return
+        kind_of = _X_KIND.get
+        kinds = np.array([kind_of(e.cat, 0) if e.ph == "X" else
+                          (_KIND_MEMORY if e.ph == "i" and e.name == MEMORY_EVENT else 0) for e in events],
+                         dtype=np.int8)
+        for table, kind in _TABLE_KINDS:
+            idx = np.flatnonzero(kinds == kind)
+            if not len(idx):
+                continue
+            sel = list(map(events.__getitem__, idx.tolist()))
+            if kind == _KIND_MEMORY:
+                sel = [e for e in sel if e.args is not None and e.ts is not None]
+            elif None in map(_get_ts, sel):
+                sel = [e for e in sel if e.ts is not None]
+            if sel:
+                self._add_table(table, sel)
+
+    def _add_table(self, table: str, sel: list[_Event]) -> None:
+        out = self.pieces[table]
+        if "name" in out:
+            out["name"].append(self._str([e.name for e in sel]))
+            out["cat"].append(self._str([e.cat for e in sel]))
+        if "pid" in out:
+            out["pid"].append(self._str([e.pid for e in sel]))
+            out["tid"].append(self._str([e.tid for e in sel]))
+        out["ts"].append(np.array([e.ts for e in sel], dtype=np.float64))
+        if "dur" in out:
+            vals = [e.dur for e in sel]
+            if None in vals:
+                vals = [0.0 if x is None else x for x in vals]
+            arr = np.array(vals, dtype=np.float64)
+            arr[arr == 0.0] = 0.0  # `dur or 0.0`: a -0.0 becomes 0.0
+            out["dur"].append(arr)
+        args = [_EMPTY_ARGS if e.args is None else e.args for e in sel]
+        for c, get in _ARG_GETTERS[table]:
+            vals = list(map(get, args))
+            if c in ("input_dims", "input_type"):
+                out[c].append(self._raw(vals))
+            else:
+                if None in vals:  # an explicit null: absent too
+                    vals = [_NA if v is None else v for v in vals]
+                out[c].append(np.array(vals, dtype=np.int64))
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Raw DataFrames (absolute ts, no `end` yet)."""
+        return {t: _raw_frame(_TABLE_COLUMNS[t], self.pieces[t]) for t in _TABLE_COLUMNS}
+
+
+_TABLE_COLUMNS = {"host": HOST_COLUMNS, "runtime": RUNTIME_COLUMNS, "gpu": GPU_COLUMNS, "memory": MEMORY_COLUMNS}
+_TABLE_KINDS = (("gpu", _KIND_GPU), ("host", _KIND_HOST), ("runtime", _KIND_RUNTIME), ("memory", _KIND_MEMORY))
+_get_ts = operator.attrgetter("ts")
+_ARG_GETTERS = {t: [(c, operator.attrgetter((_MEM_ARG_FIELD if t == "memory" else _ARG_FIELD)[c]))
+                    for c in cols if c in _ARG_FIELD] for t, cols in _TABLE_COLUMNS.items()}
+
+
+def _flat(parts: list[list]) -> list:
+    return parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
+
+
+def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFrame:
+    n = sum(len(p) for p in pieces["ts"])
+    if n == 0:
+        # What pandas makes of empty lists: object columns, then the dtypes _finish gives them.
+        df = pd.DataFrame({c: [] for c in columns})
+        for c in ("pid", "tid"):
+            if c in df:
+                df[c] = df[c].astype(str)
+        for c in columns:
+            if c not in _STR_COLS and c not in ("ts", "dur", "input_dims", "input_type"):
+                df[c] = pd.array([], dtype="Int64")
+        return df
+    data: dict[str, Any] = {}
+    for c in columns:
+        parts = pieces[c]
+        if c in _STR_COLS:
+            data[c] = pd.array(np.array(_flat(parts), dtype=object), dtype=str)
+        elif c in ("input_dims", "input_type"):
+            flat = _flat(parts)
+            arr = np.empty(len(flat), dtype=object)
+            arr[:] = flat
+            data[c] = arr
+        elif c in ("ts", "dur"):
+            data[c] = np.concatenate(parts)
+        else:
+            vals = np.concatenate(parts)
+            mask = vals == _NA
+            vals[mask] = 0
+            data[c] = pd.arrays.IntegerArray(vals, mask)
+    return pd.DataFrame(data, copy=False)
+
+
+def build_trace(cols: _Columns, source: str, metadata: dict[str, Any]) -> Trace:
+    frames = cols.frames()
+    del cols
+    if not len(frames["host"]) and not len(frames["gpu"]):
         raise TraceFormatError(f"{source}: trace holds no profiler events (no cpu_op, kernel or runtime events)")
-    base = _base_ts(cols)
-    ops = _frame(cols["host"], base)
-    runtime = _frame(cols["runtime"], base)
-    gpu = _frame(cols["gpu"], base)
-    memory = _frame(cols["memory"], base)
+    starts = [float(df["ts"].min()) for df in frames.values() if len(df)]
+    base = float(min(starts)) if starts else 0.0
+    ops, runtime, gpu, memory = (_finish(frames[k], base) for k in ("host", "runtime", "gpu", "memory"))
     _nest(ops, runtime, memory)
     _link_gpu(gpu, runtime)
     for df in (ops, runtime, gpu, memory):
@@ -186,88 +573,32 @@ def build_trace(events: list[_Event], source: str, metadata: dict[str, Any]) -> 
                  base_ts_us=base)
 
 
-def _columns(events: list[_Event]) -> dict[str, dict[str, list]]:
-    host: dict[str, list] = {k: [] for k in ("name", "cat", "pid", "tid", "ts", "dur", "ext_id",
-                                              "input_dims", "input_type")}
-    runtime: dict[str, list] = {k: [] for k in ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "correlation")}
-    gpu: dict[str, list] = {k: [] for k in ("name", "cat", "device", "stream", "ts", "dur", "ext_id",
-                                             "correlation", "bytes")}
-    memory: dict[str, list] = {k: [] for k in ("pid", "tid", "ts", "device_type", "device_id", "addr", "bytes",
-                                                "total_allocated", "total_reserved")}
-    interned: dict[str, str] = {}
-    intern = interned.setdefault
-    for ev in events:
-        cat = ev.cat
-        ph = ev.ph
-        if ph == "X":
-            if ev.ts is None:
-                continue
-            a = ev.args
-            if cat in GPU_CATS:
-                gpu["name"].append(intern(ev.name, ev.name))
-                gpu["cat"].append(cat)
-                gpu["device"].append(a.device if a else None)
-                gpu["stream"].append(a.stream if a else None)
-                gpu["ts"].append(ev.ts)
-                gpu["dur"].append(ev.dur or 0.0)
-                gpu["ext_id"].append(a.external_id if a else None)
-                gpu["correlation"].append(a.correlation if a else None)
-                gpu["bytes"].append(a.bytes if a else None)
-            elif cat in HOST_RANGE_CATS:
-                host["name"].append(intern(ev.name, ev.name))
-                host["cat"].append(cat)
-                host["pid"].append(ev.pid)
-                host["tid"].append(ev.tid)
-                host["ts"].append(ev.ts)
-                host["dur"].append(ev.dur or 0.0)
-                host["ext_id"].append(a.external_id if a else None)
-                host["input_dims"].append(bytes(a.input_dims) or None if a else None)
-                host["input_type"].append(bytes(a.input_type) or None if a else None)
-            elif cat in RUNTIME_CATS:
-                runtime["name"].append(intern(ev.name, ev.name))
-                runtime["cat"].append(cat)
-                runtime["pid"].append(ev.pid)
-                runtime["tid"].append(ev.tid)
-                runtime["ts"].append(ev.ts)
-                runtime["dur"].append(ev.dur or 0.0)
-                runtime["ext_id"].append(a.external_id if a else None)
-                runtime["correlation"].append(a.correlation if a else None)
-        elif ph == "i" and ev.name == MEMORY_EVENT and ev.args is not None and ev.ts is not None:
-            a = ev.args
-            memory["pid"].append(ev.pid)
-            memory["tid"].append(ev.tid)
-            memory["ts"].append(ev.ts)
-            memory["device_type"].append(a.device_type)
-            memory["device_id"].append(a.device_id)
-            memory["addr"].append(a.addr)
-            memory["bytes"].append(a.mem_bytes)
-            memory["total_allocated"].append(a.total_allocated)
-            memory["total_reserved"].append(a.total_reserved)
-    return {"host": host, "runtime": runtime, "gpu": gpu, "memory": memory}
-
-
-def _base_ts(cols: dict[str, dict[str, list]]) -> float:
-    starts = [min(c["ts"]) for c in cols.values() if c["ts"]]
-    return float(min(starts)) if starts else 0.0
-
-
-_INT_COLS = ("ext_id", "correlation", "device", "stream", "bytes", "device_type", "device_id", "addr",
-             "total_allocated", "total_reserved")
-
-
-def _frame(col: dict[str, list], base: float) -> pd.DataFrame:
-    df = pd.DataFrame(col)
+def _finish(df: pd.DataFrame, base: float) -> pd.DataFrame:
+    """Relative float timestamps, non-negative durations and `end`."""
     df["ts"] = df["ts"].astype("float64") - base
     if "dur" in df:
         df["dur"] = df["dur"].astype("float64").clip(lower=0.0)
         df["end"] = df["ts"] + df["dur"]
-    for c in _INT_COLS:
-        if c in df:
-            df[c] = pd.array(df[c].tolist(), dtype="Int64")
-    for c in ("pid", "tid"):
-        if c in df:
-            df[c] = df[c].astype(str)
     return df
+
+
+# ---------------------------------------------------------------------------------------
+# Nesting and GPU correlation
+
+_EPS = 1e-3  # tolerance for the float rounding of µs timestamps (Kineto writes 3 decimals)
+
+
+def _thread_keys(tables: list[pd.DataFrame]) -> np.ndarray:
+    """One integer per event of `tables` (concatenated) naming its thread, as the string pid + "/" + tid would."""
+    pid = np.concatenate([df["pid"].to_numpy(dtype=object) for df in tables])
+    tid = np.concatenate([df["tid"].to_numpy(dtype=object) for df in tables])
+    pid_code, pid_uniq = pd.factorize(pid)
+    tid_code, tid_uniq = pd.factorize(tid)
+    pair_uniq, pair_code = np.unique(pid_code.astype(np.int64) * len(tid_uniq) + tid_code, return_inverse=True)
+    # Key on the joined text, like a join would (so "1/2" + "3" and "1" + "2/3" are one thread, as before).
+    text = [f"{pid_uniq[q // len(tid_uniq)]}/{tid_uniq[q % len(tid_uniq)]}" for q in pair_uniq.tolist()]
+    key_of_pair = pd.factorize(np.array(text, dtype=object))[0]
+    return key_of_pair[pair_code.ravel()]
 
 
 def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> None:
@@ -275,71 +606,108 @@ def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> Non
 
     Ranges on one thread are properly nested in Kineto output; a sweep with a stack of open
     ranges, in (start, longest-first) order, finds the innermost enclosing one for each.
+    Ranges sort before runtime calls and memory events with the same start. Only ranges need
+    the sweep: a runtime call or memory event at time t lies in the innermost range still open
+    then, i.e. the first range, walking up the parents from the last range started before it,
+    that has not ended before t (within the tolerance) - a vectorized walk.
     """
-    n_ops = len(ops)
+    n_ops, n_rt, n_mem = len(ops), len(runtime), len(memory)
     parent = np.full(n_ops, -1, dtype=np.int64)
     depth = np.zeros(n_ops, dtype=np.int32)
-    rt_op = np.full(len(runtime), -1, dtype=np.int64)
-    mem_op = np.full(len(memory), -1, dtype=np.int64)
+    rt_op = np.full(n_rt, -1, dtype=np.int64)
+    mem_op = np.full(n_mem, -1, dtype=np.int64)
+    total = n_ops + n_rt + n_mem
+    if total:
+        key = _thread_keys([ops, runtime, memory])
+        op_end = ops["end"].to_numpy(dtype=np.float64)
+        ts = np.concatenate([df["ts"].to_numpy(dtype=np.float64) for df in (ops, runtime, memory)])
+        end = np.concatenate([op_end, runtime["end"].to_numpy(dtype=np.float64),
+                              memory["ts"].to_numpy(dtype=np.float64)])
+        kind = np.concatenate([np.zeros(n_ops, np.int8), np.ones(n_rt, np.int8), np.full(n_mem, 2, np.int8)])
+        order = np.lexsort((np.arange(total), -end, kind, ts, key))
+        del end
+        is_range = kind[order] == 0
+        key_sorted = key[order]
+        del key, kind
 
-    # kind 0 = range, 1 = runtime call, 2 = memory instant. Ranges sort first at equal ts.
-    frames = []
-    if n_ops:
-        frames.append(pd.DataFrame({"key": ops["pid"] + "/" + ops["tid"], "ts": ops["ts"].to_numpy(),
-                                    "end": ops["end"].to_numpy(), "kind": 0, "row": np.arange(n_ops)}))
-    if len(runtime):
-        frames.append(pd.DataFrame({"key": runtime["pid"] + "/" + runtime["tid"], "ts": runtime["ts"].to_numpy(),
-                                    "end": runtime["end"].to_numpy(), "kind": 1,
-                                    "row": np.arange(len(runtime))}))
-    if len(memory):
-        frames.append(pd.DataFrame({"key": memory["pid"] + "/" + memory["tid"], "ts": memory["ts"].to_numpy(),
-                                    "end": memory["ts"].to_numpy(), "kind": 2, "row": np.arange(len(memory))}))
-    if frames:
-        allev = pd.concat(frames, ignore_index=True)
-        allev["neg_end"] = -allev["end"]
-        allev = allev.sort_values(["key", "ts", "kind", "neg_end"], kind="stable")
-        keys = allev["key"].to_numpy()
-        ts = allev["ts"].to_numpy()
-        end = allev["end"].to_numpy()
-        kind = allev["kind"].to_numpy()
-        row = allev["row"].to_numpy()
-        stack_rows: list[int] = []
-        stack_ends: list[float] = []
-        last_key = None
-        # Tolerance for the float rounding of µs timestamps (Kineto writes 3 decimals).
-        eps = 1e-3
-        for i in range(len(allev)):
-            k = keys[i]
-            if k != last_key:
-                stack_rows.clear()
-                stack_ends.clear()
-                last_key = k
-            t = ts[i]
-            while stack_ends and stack_ends[-1] < t - eps:
-                stack_ends.pop()
-                stack_rows.pop()
-            top = stack_rows[-1] if stack_rows else -1
-            kd = kind[i]
-            r = row[i]
-            if kd == 0:
-                # A range that overruns its would-be parent is not nested in it: pop until it fits.
-                e = end[i]
-                while stack_ends and stack_ends[-1] < e - eps:
-                    stack_ends.pop()
-                    stack_rows.pop()
-                top = stack_rows[-1] if stack_rows else -1
-                parent[r] = top
-                depth[r] = len(stack_rows)
-                stack_rows.append(r)
-                stack_ends.append(e)
-            elif kd == 1:
-                rt_op[r] = top
-            else:
-                mem_op[r] = top
+        # Ranges: the stack sweep, thread by thread, in sorted order.
+        r_rows = order[is_range]  # op rows in sweep order
+        r_key = key_sorted[is_range]
+        cuts = np.flatnonzero(np.r_[True, r_key[1:] != r_key[:-1]]).tolist() + [len(r_rows)]
+        parent[r_rows] = _sweep(op_end[r_rows].tolist(), r_rows.tolist(), cuts)
+        _depths(parent, r_rows, depth)
+
+        # Runtime calls and memory events: the last range before each (same thread), then up the parents.
+        pos = np.arange(total)
+        last_range = np.maximum.accumulate(np.where(is_range, pos, -1))
+        ev = np.flatnonzero(~is_range)
+        lr = last_range[ev]
+        same = lr >= 0
+        same[same] = key_sorted[lr[same]] == key_sorted[ev[same]]
+        cand = np.where(same, order[np.clip(lr, 0, None)], -1)
+        lim = ts[order[ev]] - _EPS
+        todo = np.flatnonzero(cand >= 0)
+        while len(todo):
+            c = cand[todo]
+            gone = op_end[c] < lim[todo]
+            todo = todo[gone]
+            cand[todo] = parent[c[gone]]
+            todo = todo[cand[todo] >= 0]
+        rows = order[ev]
+        is_rt = rows < n_ops + n_rt
+        rt_op[rows[is_rt] - n_ops] = cand[is_rt]
+        mem_op[rows[~is_rt] - n_ops - n_rt] = cand[~is_rt]
     ops["parent"] = parent
     ops["depth"] = depth
     runtime["op"] = rt_op
     memory["op"] = mem_op
+
+
+def _sweep(ends: list[float], rows: list[int], cuts: list[int]) -> list[int]:
+    """Parents of ranges in sweep order (ts, then longest first; `cuts` start each thread).
+
+    A range pops the open ranges that end before it does (within the tolerance) and nests in
+    the innermost one left; pops at earlier runtime calls or memory events only ever pop a
+    prefix of what this pops, so they need not be replayed.
+    """
+    eps = _EPS
+    out: list[int] = []
+    append = out.append
+    for g in range(len(cuts) - 1):
+        stack_rows: list[int] = []
+        stack_ends: list[float] = []
+        top_end = float("-inf")
+        top = -1
+        for i in range(cuts[g], cuts[g + 1]):
+            e = ends[i]
+            lim = e - eps
+            if top_end < lim:
+                while stack_ends and stack_ends[-1] < lim:
+                    stack_ends.pop()
+                    stack_rows.pop()
+                top = stack_rows[-1] if stack_rows else -1
+            append(top)
+            top = rows[i]
+            top_end = e
+            stack_rows.append(top)
+            stack_ends.append(e)
+    return out
+
+
+def _depths(parent: np.ndarray, rows_in_order: np.ndarray, depth: np.ndarray) -> None:
+    """depth = number of ancestors; parents come before children in sweep order."""
+    d = depth
+    todo = rows_in_order[parent[rows_in_order] >= 0]
+    # Level by level: a row's depth is its parent's + 1, once the parent's is final.
+    known = np.zeros(len(parent), dtype=bool)
+    known[rows_in_order[parent[rows_in_order] < 0]] = True
+    while len(todo):
+        p = parent[todo]
+        ready = known[p]
+        r = todo[ready]
+        d[r] = d[p[ready]] + 1
+        known[r] = True
+        todo = todo[~ready]
 
 
 def _link_gpu(gpu: pd.DataFrame, runtime: pd.DataFrame) -> None:
