@@ -469,6 +469,9 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
     models = {str(r.trace.qtrace_meta.get("model")) for r in reports if r.trace.qtrace_meta.get("model")}
     if len(models) > 1:
         notes.append(f"the runs are of different models ({', '.join(sorted(models))}): deltas mix model and precision")
+    if not any(r.trace.has_gpu for r in reports):
+        notes.append("no GPU activity in any trace: the host CPU time deltas (cpu_time_us_delta) carry the "
+                     "comparison; GPU idle time is the whole span")
     devices = {r.device for r in reports if r.device}
     if len(devices) > 1:
         notes.append(f"the runs come from different devices ({', '.join(sorted(devices))})")

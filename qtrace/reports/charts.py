@@ -358,14 +358,15 @@ def top_kernels_chart(kernels: Any, title: str, top: int = 12) -> Figure:
     vmax = max(vals, default=0.0)
     for yi, v, share in zip(y, vals, k["share"], strict=True):
         ax.text(v + vmax * 0.01, yi, f"{v:.2f} ms ({share:.0%})", va="center", fontsize=8)
-    ax.set_xlim(0, vmax * 1.25 if vmax > 0 else 1)
+    ax.set_xlim(0, vmax * 1.4 if vmax > 0 else 1)  # room for the value label of the longest bar
     ax.set_yticks(y, [_tex_safe(lab) for lab in kernel_labels(list(k["name"]))], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("GPU time in the trace window (ms)")
     ax.set_title(_tex_safe(title), fontsize=10, loc="left")
     phases = list(dict.fromkeys(k["phase"]))
-    ax.legend(handles=[Patch(facecolor=phase_color(p), label=_tex_safe(p)) for p in phases], loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False, title="phase", title_fontsize=7)
+    # Below the axes: beside them it collides with the value labels of the longest bars.
+    ax.legend(handles=[Patch(facecolor=phase_color(p), label=_tex_safe(p)) for p in phases], loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=min(len(phases), 4), fontsize=7, frameon=False)
     ax.grid(axis="x", color="#eeeeee", linewidth=0.6)
     ax.set_axisbelow(True)
     fig.tight_layout()

@@ -42,7 +42,7 @@ def unit_words(c: Comparison) -> str:
 def _contributors(comp: RunComparison, top: int) -> str:
     steps = [s for s in comp.trace_waterfall[1:-1] if s["kind"] in ("gpu", "host")]
     steps.sort(key=lambda s: -abs(s["value_us"]))
-    return ", ".join(f"{s['label']} {_signed_ms(s['value_us'])} ms" for s in steps[:top])
+    return ", ".join(f"{s['label']} {_signed_ms(s['value_us'])} ms" for s in steps[:top]) or "none"
 
 
 def headline(c: Comparison, comp: RunComparison, top: int) -> list[str]:
