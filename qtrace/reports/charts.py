@@ -256,8 +256,8 @@ def waterfall_chart(comp: Any, top: int = 6) -> Figure:
                Patch(facecolor="white", edgecolor="#333333", hatch=HOST_HATCH,
                      label="GPU idle delta while the host ran the phase")]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
-    base_label = steps[0]["label"].rsplit(" ", 1)[0]
-    fig.suptitle(_tex_safe(f"Where the time goes: {base_label} → {run.label}"), fontsize=11, x=0.01, ha="left")
+    fig.suptitle(_tex_safe(f"Where the time goes: {comp.baseline.label} → {run.label}"), fontsize=11, x=0.01,
+                 ha="left")
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     return fig
 
