@@ -35,10 +35,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", gz: bool = False) -> I
         else:
             with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
                 yield fh
+        # mkstemp makes the file owner-only; give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
