@@ -255,6 +255,7 @@ class _Runner:
         fileio.write_json(self.out / RUN_FILE, run)
         if self.dev.type == "cuda":
             torch.cuda.set_device(self.dev)  # CUDA events record on the current device's stream
+        models.warm_imports(self.spec, self.s.task, self.precisions, self.s.trust_remote_code)
         models.free_model(None)  # a preset just built, or an earlier run, may still hold memory
         with quiet_libraries(), torch.inference_mode():
             for precision in self.precisions:

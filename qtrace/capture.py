@@ -25,6 +25,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,12 +433,15 @@ def profiled_pass(model: Any, work: Workload, steps: int, device: Any, trace_pat
 
     step_names = StepAnnotator(model) if work.task == "generate" else contextlib.nullcontext()
     try:
-        with module_annotations(model) as n_modules, step_names as steps_ann, profile(
+        with warnings.catch_warnings(), module_annotations(model) as n_modules, step_names as steps_ann, profile(
             activities=activities,
             schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
             record_shapes=True, profile_memory=True, with_stack=False,
             on_trace_ready=on_ready,
         ) as prof:
+            # One schedule cycle is all we record, so torch's "clears events at the end of each
+            # cycle" warning (printed on CUDA builds) says nothing useful here.
+            warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
             for i in range(1 + steps):
                 if i == 1:  # metadata is kept only once the profiler records (after its warm-up step)
                     prof.add_metadata_json("qtrace", json.dumps({**metadata, "annotated_modules": n_modules}))

@@ -395,6 +395,20 @@ def head_modules(spec: ModelSpec, task: str, trust_remote_code: bool = False) ->
     return list(_head_modules_cached(str(spec.path), task, spec.kind, trust_remote_code))
 
 
+def warm_imports(spec: ModelSpec, task: str, precisions: list[str] | tuple[str, ...],
+                 trust_remote_code: bool = False) -> None:
+    """Import the model's code (and bitsandbytes) before any load is timed.
+
+    The first from_pretrained of a process otherwise pays for importing the modeling module
+    and its dependencies (seconds on a GPU host), which would land in the first precision's
+    load time and make it look slow for a reason that has nothing to do with its precision.
+    """
+    head_modules(spec, task, trust_remote_code)  # builds the task's model on the meta device
+    if any(p in ("int8", "nf4") for p in precisions):
+        with quiet_libraries():
+            import bitsandbytes  # noqa: F401
+
+
 def _precision_setup(precision: str, device_type: str, threshold: float) -> tuple[str, Any, list[str]]:
     import torch
     from transformers import BitsAndBytesConfig
