@@ -46,6 +46,77 @@ def _cache(trace: Trace) -> dict:
     return cache
 
 
+def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
+    """(distinct contexts, context row of each op). Row 0 is the empty context (no enclosing op).
+
+    Built level by level (depth 0 first): all ops of a level look up their parent's context at
+    once, and only each distinct (parent context, name, category) is worked out in Python.
+    """
+    cache = _cache(trace)
+    if "op_context_table" in cache:
+        return cache["op_context_table"]
+    ops = trace.ops
+    n = len(ops)
+    # context tuple: (bnb, below_bnb, module, ops_chain_tuple, step, step_name)
+    empty = ("", "", "", (), -1, "")
+    contexts: list[tuple] = [empty]
+    ctx_of = np.zeros(n, dtype=np.int64)
+    if n:
+        name_code, name_uniq = pd.factorize(ops["name"].to_numpy(dtype=object), use_na_sentinel=False)
+        cat_code, cat_uniq = pd.factorize(ops["cat"].to_numpy(dtype=object), use_na_sentinel=False)
+        names, cats = list(name_uniq), list(cat_uniq)
+        n_cat = max(len(cats), 1)
+        n_pair = len(names) * n_cat
+        pair = name_code.astype(np.int64) * n_cat + cat_code
+        parent = ops["parent"].to_numpy()
+        order = np.argsort(ops["depth"].to_numpy(), kind="stable")
+        depth_sorted = ops["depth"].to_numpy()[order]
+        cuts = np.flatnonzero(np.r_[True, depth_sorted[1:] != depth_sorted[:-1]]).tolist() + [n]
+        ctx_index: dict[int, int] = {}
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            rows = order[lo:hi]
+            p = parent[rows]
+            base = np.where(p >= 0, ctx_of[np.clip(p, 0, None)], 0)
+            keys, inverse = np.unique(base * n_pair + pair[rows], return_inverse=True)
+            ids = np.empty(len(keys), dtype=np.int64)
+            for j, key in enumerate(keys.tolist()):
+                cid = ctx_index.get(key)
+                if cid is None:
+                    base_id, pr = divmod(key, n_pair)
+                    name, cat = names[pr // n_cat], cats[pr % n_cat]
+                    cid = len(contexts)
+                    contexts.append(_child_context(contexts[base_id], name, cat))
+                    ctx_index[key] = cid
+                ids[j] = cid
+            ctx_of[rows] = ids[inverse.ravel()]
+    table = pd.DataFrame(contexts, columns=["bnb", "below_bnb", "module", "chain", "step", "step_name"])
+    table["ops"] = ["/".join(c) for c in table["chain"]]
+    table = table.drop(columns="chain")
+    cache["op_context_table"] = (table, ctx_of)
+    return table, ctx_of
+
+
+def _child_context(parent_ctx: tuple, name: str, cat: str) -> tuple:
+    """The context inside a range `name` of category `cat` whose parent's context is `parent_ctx`."""
+    bnb, below, module, chain, step, step_name = parent_ctx
+    if cat == "cpu_op":
+        if name.startswith("bitsandbytes::"):
+            bnb, below = name, ""
+        elif bnb:
+            below = f"{below}/{name}" if below else name
+        chain = ((name,) + chain)[:_OPS_CHAIN_DEPTH]
+    elif cat == "user_annotation":
+        if name.startswith(MODULE_ANNOTATION_PREFIX):
+            module = name[len(MODULE_ANNOTATION_PREFIX):].split(":", 1)[0]
+        else:
+            m = _STEP_RE.match(name)
+            if m:
+                step = int(m.group(1))
+            elif name.startswith("qtrace.step:"):
+                step_name = name[len("qtrace.step:"):]
+    return (bnb, below, module, chain, step, step_name)
+
+
 def op_contexts(trace: Trace) -> pd.DataFrame:
     """Per host range: bnb, below_bnb, module, ops (classification context), step and step_name.
 
@@ -55,52 +126,44 @@ def op_contexts(trace: Trace) -> pd.DataFrame:
     cache = _cache(trace)
     if "op_contexts" in cache:
         return cache["op_contexts"]
-    ops = trace.ops
-    n = len(ops)
-    names = ops["name"].to_numpy(dtype=object)
-    cats = ops["cat"].to_numpy(dtype=object)
-    parent = ops["parent"].to_numpy() if n else np.zeros(0, dtype=np.int64)
-    order = np.argsort(ops["depth"].to_numpy(), kind="stable") if n else np.zeros(0, dtype=np.int64)
-
-    # context tuple: (bnb, below_bnb, module, ops_chain_tuple, step, step_name)
-    empty = ("", "", "", (), -1, "")
-    contexts: list[tuple] = [empty]
-    ctx_index: dict[tuple, int] = {}
-    ctx_of = np.zeros(n, dtype=np.int64)
-    for r in order:
-        p = parent[r]
-        base_id = ctx_of[p] if p >= 0 else 0
-        key = (base_id, names[r], cats[r])
-        cid = ctx_index.get(key)
-        if cid is None:
-            bnb, below, module, chain, step, step_name = contexts[base_id]
-            name, cat = names[r], cats[r]
-            if cat == "cpu_op":
-                if name.startswith("bitsandbytes::"):
-                    bnb, below = name, ""
-                elif bnb:
-                    below = f"{below}/{name}" if below else name
-                chain = ((name,) + chain)[:_OPS_CHAIN_DEPTH]
-            elif cat == "user_annotation":
-                if name.startswith(MODULE_ANNOTATION_PREFIX):
-                    module = name[len(MODULE_ANNOTATION_PREFIX):].split(":", 1)[0]
-                else:
-                    m = _STEP_RE.match(name)
-                    if m:
-                        step = int(m.group(1))
-                    elif name.startswith("qtrace.step:"):
-                        step_name = name[len("qtrace.step:"):]
-            cid = len(contexts)
-            contexts.append((bnb, below, module, chain, step, step_name))
-            ctx_index[key] = cid
-        ctx_of[r] = cid
-    table = pd.DataFrame(contexts, columns=["bnb", "below_bnb", "module", "chain", "step", "step_name"])
-    table["ops"] = ["/".join(c) for c in table["chain"]]
-    table = table.drop(columns="chain")
+    table, ctx_of = _context_table(trace)
     out = table.iloc[ctx_of].reset_index(drop=True)
-    out.index = ops.index
+    out.index = trace.ops.index
     cache["op_contexts"] = out
     return out
+
+
+def _context_rows(trace: Trace, op_rows: np.ndarray) -> np.ndarray:
+    """Row of `_context_table` for each op row (-1, no enclosing op: the empty context, row 0)."""
+    _, ctx_of = _context_table(trace)
+    if not len(ctx_of):
+        return np.zeros(len(op_rows), dtype=np.int64)
+    return np.where(op_rows >= 0, ctx_of[np.clip(op_rows, 0, None)], 0)
+
+
+def _steps_for(trace: Trace, op_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(step, step_name) arrays for each row of `op_rows`, as `_contexts_for` gives them."""
+    if not len(trace.ops):
+        ctx = _contexts_for(trace, op_rows)
+        return ctx["step"].to_numpy(), ctx["step_name"].to_numpy()
+    table, _ = _context_table(trace)
+    rows = _context_rows(trace, op_rows)
+    return table["step"].to_numpy()[rows], table["step_name"].to_numpy(dtype=object)[rows]
+
+
+def _classify_distinct(trace: Trace, op_rows: np.ndarray, kind: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """`classify` of each event's context + kind + kernel, worked out once per distinct combination."""
+    if not len(op_rows):
+        return np.zeros(0, dtype=object)
+    ctx_rows = _context_rows(trace, op_rows)
+    kind_code, kinds = pd.factorize(kind, use_na_sentinel=False)
+    kernel_code, kernels = pd.factorize(kernel, use_na_sentinel=False)
+    combo = (ctx_rows * max(len(kinds), 1) + kind_code) * max(len(kernels), 1) + kernel_code
+    _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+    ctx = _contexts_for(trace, op_rows[first])
+    ctx["kind"] = kind[first]
+    ctx["kernel"] = kernel[first]
+    return classify(ctx).to_numpy()[inverse.ravel()]
 
 
 def gpu_phases(trace: Trace) -> pd.DataFrame:
@@ -109,13 +172,10 @@ def gpu_phases(trace: Trace) -> pd.DataFrame:
     if "gpu_phases" in cache:
         return cache["gpu_phases"]
     gpu = trace.gpu.copy()
-    ctx = _contexts_for(trace, gpu["op"].to_numpy())
-    ctx["kind"] = gpu["cat"].to_numpy()
-    ctx["kernel"] = gpu["name"].to_numpy()
-    gpu["phase"] = classify(ctx).to_numpy()
+    op_rows = gpu["op"].to_numpy()
+    gpu["phase"] = _classify_distinct(trace, op_rows, gpu["cat"].to_numpy(), gpu["name"].to_numpy())
     gpu["group"] = gpu["phase"].map(group_of)
-    gpu["step"] = ctx["step"].to_numpy()
-    gpu["step_name"] = ctx["step_name"].to_numpy()
+    gpu["step"], gpu["step_name"] = _steps_for(trace, op_rows)
     cache["gpu_phases"] = gpu
     return gpu
 
@@ -131,10 +191,13 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     if "op_phases" in cache:
         return cache["op_phases"]
     ops = trace.ops.copy()
-    ctx = op_contexts(trace).copy()
-    ctx["kind"] = "cpu_op"
-    ctx["kernel"] = ""
-    phase = classify(ctx)
+    ctx = op_contexts(trace)
+    # classify() is row by row: classify each distinct context once, then spread it over the ops.
+    table, ctx_of = _context_table(trace)
+    distinct = table.copy()
+    distinct["kind"] = "cpu_op"
+    distinct["kernel"] = ""
+    phase = pd.Series(classify(distinct).to_numpy()[ctx_of], index=ops.index, dtype=object)
     gpu = gpu_phases(trace)
     launched = gpu[gpu["op"] >= 0].drop_duplicates("op", keep="first")
     phase.loc[launched["op"].to_numpy()] = launched["phase"].to_numpy()
@@ -173,9 +236,7 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     inside = (rt["ts"] >= lo) & (rt["ts"] <= hi)
     rt["is_sync"] = inside & (rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS)
                                                             & rt.index.isin(pageable)))
-    ctx = _contexts_for(trace, rt_op)
-    rt["step"] = ctx["step"].to_numpy()
-    rt["step_name"] = ctx["step_name"].to_numpy()
+    rt["step"], rt["step_name"] = _steps_for(trace, rt_op)
     cache["runtime_phases"] = rt
     return rt
 
