@@ -96,45 +96,68 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     """Non-overlapping [start, end) segments of one thread labelled with the innermost op's phase.
 
     Runtime calls count as leaves inside their op. Time on the thread inside no cpu_op is
-    labelled OUTSIDE_OPS.
+    labelled OUTSIDE_OPS. Cached per thread on the trace (exposed_us and the annotated trace
+    both use it); treat the returned frame as read-only.
     """
+    cache = trace.__dict__.setdefault("_qtrace_cache", {})
+    key = ("self_segments", tuple(thread))
+    if key in cache:
+        return cache[key]
     ops = op_phases(trace)
     rt = runtime_phases(trace)
     pid, tid = thread
     o = ops[(ops["pid"] == pid) & (ops["tid"] == tid) & (ops["cat"] == "cpu_op")]
     r = rt[(rt["pid"] == pid) & (rt["tid"] == tid)]
-    ev = pd.concat([
-        pd.DataFrame({"ts": o["ts"].to_numpy(), "end": o["end"].to_numpy(), "phase": o["phase"].to_numpy()}),
-        pd.DataFrame({"ts": r["ts"].to_numpy(), "end": r["end"].to_numpy(), "phase": r["phase"].to_numpy()}),
-    ], ignore_index=True)
-    if ev.empty:
+    if not len(o) and not len(r):
         return pd.DataFrame(columns=["start", "end", "phase"])
-    ev["neg_end"] = -ev["end"]
-    ev = ev.sort_values(["ts", "neg_end"], kind="stable")
+    ts = np.concatenate([o["ts"].to_numpy(), r["ts"].to_numpy()])
+    end = np.concatenate([o["end"].to_numpy(), r["end"].to_numpy()])
+    phase = np.concatenate([o["phase"].to_numpy(dtype=object), r["phase"].to_numpy(dtype=object)])
+    # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
+    order = np.lexsort((np.arange(len(ts)), -end, ts))
+    seg_s, seg_e, seg_p = _sweep_segments(ts[order].tolist(), end[order].tolist(), phase[order].tolist())
+    out = pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
+    cache[key] = out
+    return out
+
+
+def _sweep_segments(starts: list[float], ends: list[float], phases: list[str]) -> tuple[list, list, list]:
+    """The stack sweep behind _self_segments over events sorted by (start, longest first).
+
+    Each time the innermost open range changes, the time since the last change becomes a
+    segment labelled with the phase that was innermost (OUTSIDE_OPS when none was open).
+    """
     seg_s: list[float] = []
     seg_e: list[float] = []
     seg_p: list[str] = []
-    stack: list[tuple[float, str]] = []  # (end, phase) of open ranges
-    cursor = float(ev["ts"].iloc[0])
-
-    def emit(upto: float) -> None:
-        nonlocal cursor
+    stack_end: list[float] = []
+    stack_phase: list[str] = []
+    cursor = starts[0]
+    for ts, end, phase in zip(starts, ends, phases, strict=True):
+        while stack_end and stack_end[-1] <= ts:
+            upto = stack_end.pop()
+            p = stack_phase.pop()
+            if upto > cursor:
+                seg_s.append(cursor)
+                seg_e.append(upto)
+                seg_p.append(p)
+                cursor = upto
+        if ts > cursor:
+            seg_s.append(cursor)
+            seg_e.append(ts)
+            seg_p.append(stack_phase[-1] if stack_phase else OUTSIDE_OPS)
+            cursor = ts
+        stack_end.append(ts if ts > end else end)  # max(end, ts)
+        stack_phase.append(phase)
+    while stack_end:
+        upto = stack_end.pop()
+        p = stack_phase.pop()
         if upto > cursor:
             seg_s.append(cursor)
             seg_e.append(upto)
-            seg_p.append(stack[-1][1] if stack else OUTSIDE_OPS)
+            seg_p.append(p)
             cursor = upto
-
-    for ts, end, phase in zip(ev["ts"].to_numpy(), ev["end"].to_numpy(), ev["phase"].to_numpy(), strict=True):
-        while stack and stack[-1][0] <= ts:
-            emit(stack[-1][0])
-            stack.pop()
-        emit(ts)
-        stack.append((max(end, ts), phase))
-    while stack:
-        emit(stack[-1][0])
-        stack.pop()
-    return pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
+    return seg_s, seg_e, seg_p
 
 
 def exposed_host_time(trace: Trace) -> pd.Series:
