@@ -1,0 +1,211 @@
+"""The attribution and host hot paths as first written (qtrace/analyzers/attribution.py and host.py
+before their speed-ups), kept as the straightforward reference that tests/test_hotpath_equivalence.py
+compares the optimized functions against. Helpers (classify, window, ...) come from the live modules,
+so only the rewritten internals are frozen here. Results are cached under their own keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from qtrace.analyzers.attribution import _OPS_CHAIN_DEPTH, _STEP_RE, ASYNC_COPY_CALLS, SYNC_CALLS, window
+from qtrace.analyzers.host import OUTSIDE_OPS
+from qtrace.taxonomy import MODULE_ANNOTATION_PREFIX, classify, group_of
+from qtrace.trace import Trace
+
+
+def _cache(trace: Trace) -> dict:
+    return trace.__dict__.setdefault("_reference_cache", {})
+
+
+def op_contexts(trace: Trace) -> pd.DataFrame:
+    """Per host range: bnb, below_bnb, module, ops (classification context), step and step_name.
+
+    One pass over the ranges, parents before children, building each context from its parent's.
+    Contexts are interned, so a trace with a million ops keeps a few thousand distinct ones.
+    """
+    cache = _cache(trace)
+    if "op_contexts" in cache:
+        return cache["op_contexts"]
+    ops = trace.ops
+    n = len(ops)
+    names = ops["name"].to_numpy(dtype=object)
+    cats = ops["cat"].to_numpy(dtype=object)
+    parent = ops["parent"].to_numpy() if n else np.zeros(0, dtype=np.int64)
+    order = np.argsort(ops["depth"].to_numpy(), kind="stable") if n else np.zeros(0, dtype=np.int64)
+
+    # context tuple: (bnb, below_bnb, module, ops_chain_tuple, step, step_name)
+    empty = ("", "", "", (), -1, "")
+    contexts: list[tuple] = [empty]
+    ctx_index: dict[tuple, int] = {}
+    ctx_of = np.zeros(n, dtype=np.int64)
+    for r in order:
+        p = parent[r]
+        base_id = ctx_of[p] if p >= 0 else 0
+        key = (base_id, names[r], cats[r])
+        cid = ctx_index.get(key)
+        if cid is None:
+            bnb, below, module, chain, step, step_name = contexts[base_id]
+            name, cat = names[r], cats[r]
+            if cat == "cpu_op":
+                if name.startswith("bitsandbytes::"):
+                    bnb, below = name, ""
+                elif bnb:
+                    below = f"{below}/{name}" if below else name
+                chain = ((name,) + chain)[:_OPS_CHAIN_DEPTH]
+            elif cat == "user_annotation":
+                if name.startswith(MODULE_ANNOTATION_PREFIX):
+                    module = name[len(MODULE_ANNOTATION_PREFIX):].split(":", 1)[0]
+                else:
+                    m = _STEP_RE.match(name)
+                    if m:
+                        step = int(m.group(1))
+                    elif name.startswith("qtrace.step:"):
+                        step_name = name[len("qtrace.step:"):]
+            cid = len(contexts)
+            contexts.append((bnb, below, module, chain, step, step_name))
+            ctx_index[key] = cid
+        ctx_of[r] = cid
+    table = pd.DataFrame(contexts, columns=["bnb", "below_bnb", "module", "chain", "step", "step_name"])
+    table["ops"] = ["/".join(c) for c in table["chain"]]
+    table = table.drop(columns="chain")
+    out = table.iloc[ctx_of].reset_index(drop=True)
+    out.index = ops.index
+    cache["op_contexts"] = out
+    return out
+
+
+def gpu_phases(trace: Trace) -> pd.DataFrame:
+    """The GPU events (kernels, memcpy, memset) with `phase`, `group`, `step`, `step_name`."""
+    cache = _cache(trace)
+    if "gpu_phases" in cache:
+        return cache["gpu_phases"]
+    gpu = trace.gpu.copy()
+    ctx = _contexts_for(trace, gpu["op"].to_numpy())
+    ctx["kind"] = gpu["cat"].to_numpy()
+    ctx["kernel"] = gpu["name"].to_numpy()
+    gpu["phase"] = classify(ctx).to_numpy()
+    gpu["group"] = gpu["phase"].map(group_of)
+    gpu["step"] = ctx["step"].to_numpy()
+    gpu["step_name"] = ctx["step_name"].to_numpy()
+    cache["gpu_phases"] = gpu
+    return gpu
+
+
+def op_phases(trace: Trace) -> pd.DataFrame:
+    """Host ranges with `phase` and `self_us` (time not inside a child range).
+
+    An op that launched GPU work takes the phase of the first event it launched, so a host op
+    and its kernel never disagree (bitsandbytes' gemm_4bit launches either a fused kernel or a
+    dequant kernel, which only the kernel tells apart).
+    """
+    cache = _cache(trace)
+    if "op_phases" in cache:
+        return cache["op_phases"]
+    ops = trace.ops.copy()
+    ctx = op_contexts(trace).copy()
+    ctx["kind"] = "cpu_op"
+    ctx["kernel"] = ""
+    phase = classify(ctx)
+    gpu = gpu_phases(trace)
+    launched = gpu[gpu["op"] >= 0].drop_duplicates("op", keep="first")
+    phase.loc[launched["op"].to_numpy()] = launched["phase"].to_numpy()
+    # Annotations carry no work of their own beyond Python between ops: keep them out of phases.
+    phase[ops["cat"].to_numpy() != "cpu_op"] = "other"
+    ops["phase"] = phase.to_numpy()
+    ops["group"] = ops["phase"].map(group_of)
+    child_time = ops[ops["parent"] >= 0].groupby("parent")["dur"].sum()
+    ops["self_us"] = (ops["dur"] - child_time.reindex(ops.index, fill_value=0.0)).clip(lower=0.0)
+    ops["step"] = ctx["step"].to_numpy()
+    ops["step_name"] = ctx["step_name"].to_numpy()
+    cache["op_phases"] = ops
+    return ops
+
+
+def runtime_phases(trace: Trace) -> pd.DataFrame:
+    """Runtime calls with `phase`, `is_launch` (it started GPU work) and `is_sync` (it blocked)."""
+    cache = _cache(trace)
+    if "runtime_phases" in cache:
+        return cache["runtime_phases"]
+    rt = trace.runtime.copy()
+    ops = op_phases(trace)
+    op_phase = ops["phase"].to_numpy()
+    rt_op = rt["op"].to_numpy()
+    phase = np.where(rt_op >= 0, op_phase[np.clip(rt_op, 0, None)] if len(op_phase) else "other", "other")
+    gpu = gpu_phases(trace)
+    launched = gpu[gpu["runtime"] >= 0].drop_duplicates("runtime", keep="first")
+    phase = pd.Series(phase, index=rt.index, dtype=object)
+    phase.loc[launched["runtime"].to_numpy()] = launched["phase"].to_numpy()
+    rt["phase"] = phase.to_numpy()
+    rt["group"] = rt["phase"].map(group_of)
+    rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
+    # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
+    pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False)]["runtime"]
+    lo, hi = window(trace)
+    inside = (rt["ts"] >= lo) & (rt["ts"] <= hi)
+    rt["is_sync"] = inside & (rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS)
+                                                            & rt.index.isin(pageable)))
+    ctx = _contexts_for(trace, rt_op)
+    rt["step"] = ctx["step"].to_numpy()
+    rt["step_name"] = ctx["step_name"].to_numpy()
+    cache["runtime_phases"] = rt
+    return rt
+
+
+def _contexts_for(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
+    """Op contexts for each row of `op_rows` (-1 = no enclosing op: an empty context)."""
+    ctx = op_contexts(trace)
+    cols = ["bnb", "below_bnb", "module", "ops", "step", "step_name"]
+    if len(ctx) == 0:
+        return pd.DataFrame({c: ([-1] if c == "step" else [""]) * len(op_rows) for c in cols})
+    picked = ctx.iloc[np.clip(op_rows, 0, None)][cols].reset_index(drop=True)
+    missing = op_rows < 0
+    if missing.any():
+        picked.loc[missing, ["bnb", "below_bnb", "module", "ops", "step_name"]] = ""
+        picked.loc[missing, "step"] = -1
+    return picked
+
+
+def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
+    """Non-overlapping [start, end) segments of one thread labelled with the innermost op's phase.
+
+    Runtime calls count as leaves inside their op. Time on the thread inside no cpu_op is
+    labelled OUTSIDE_OPS.
+    """
+    ops = op_phases(trace)
+    rt = runtime_phases(trace)
+    pid, tid = thread
+    o = ops[(ops["pid"] == pid) & (ops["tid"] == tid) & (ops["cat"] == "cpu_op")]
+    r = rt[(rt["pid"] == pid) & (rt["tid"] == tid)]
+    ev = pd.concat([
+        pd.DataFrame({"ts": o["ts"].to_numpy(), "end": o["end"].to_numpy(), "phase": o["phase"].to_numpy()}),
+        pd.DataFrame({"ts": r["ts"].to_numpy(), "end": r["end"].to_numpy(), "phase": r["phase"].to_numpy()}),
+    ], ignore_index=True)
+    if ev.empty:
+        return pd.DataFrame(columns=["start", "end", "phase"])
+    ev["neg_end"] = -ev["end"]
+    ev = ev.sort_values(["ts", "neg_end"], kind="stable")
+    seg_s: list[float] = []
+    seg_e: list[float] = []
+    seg_p: list[str] = []
+    stack: list[tuple[float, str]] = []  # (end, phase) of open ranges
+    cursor = float(ev["ts"].iloc[0])
+
+    def emit(upto: float) -> None:
+        nonlocal cursor
+        if upto > cursor:
+            seg_s.append(cursor)
+            seg_e.append(upto)
+            seg_p.append(stack[-1][1] if stack else OUTSIDE_OPS)
+            cursor = upto
+
+    for ts, end, phase in zip(ev["ts"].to_numpy(), ev["end"].to_numpy(), ev["phase"].to_numpy(), strict=True):
+        while stack and stack[-1][0] <= ts:
+            emit(stack[-1][0])
+            stack.pop()
+        emit(ts)
+        stack.append((max(end, ts), phase))
+    while stack:
+        emit(stack[-1][0])
+        stack.pop()
+    return pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
