@@ -201,6 +201,7 @@ class Timing:
     per_iter_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
     decode_ms: list[float] = field(default_factory=list)
+    wall_ms_per_iter: float | None = None
     memory: dict[str, int | None] = field(default_factory=dict)
 
 
@@ -220,6 +221,7 @@ def timed_pass(model: Any, work: Workload, iters: int, device: Any,
     timing = Timing(clock=clock.kind)
     marks: list[tuple[Any, Any, list[Any]]] = []
     token_clock = _token_clock_class() if work.task == "generate" else None
+    wall0 = time.perf_counter()
     for i in range(iters):
         if token_clock is not None:
             tc = token_clock(clock)
@@ -233,6 +235,9 @@ def timed_pass(model: Any, work: Workload, iters: int, device: Any,
         if progress:
             progress(f"timed {i + 1}/{iters}")
     clock.finish()
+    # Host wall clock over the whole loop (after the final sync): a cross-check of the
+    # per-iteration clock (CUDA events must agree with it when the host is the bottleneck).
+    timing.wall_ms_per_iter = (time.perf_counter() - wall0) * 1e3 / iters
     for start, end, tokens in marks:
         timing.per_iter_ms.append(clock.ms(start, end))
         if tokens:
@@ -282,6 +287,7 @@ def latency_block(timing: Timing, batch_size: int) -> dict[str, Any]:
     return {
         "per_iter": stats(timing.per_iter_ms),
         "per_example": stats([t / batch_size for t in timing.per_iter_ms]),
+        "wall_mean_per_iter": _r(timing.wall_ms_per_iter) if timing.wall_ms_per_iter is not None else None,
     }
 
 

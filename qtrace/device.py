@@ -98,7 +98,19 @@ def environment(device: Any) -> dict[str, Any]:
         "versions": versions(),
         "cpu": cpu_name(),
         "torch_threads": _torch_threads(),
+        "env": timing_env(),
     }
+
+
+# Variables that change what the timings mean (a blocking launch mode, hidden devices, thread
+# counts, allocator settings); recorded so a surprising figure can be explained afterwards.
+TIMING_ENV = ("CUDA_LAUNCH_BLOCKING", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_MODULE_LOADING",
+              "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "TORCH_SHOW_CPP_STACKTRACES",
+              "TORCH_LOGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BNB_CUDA_VERSION", "HF_HUB_OFFLINE")
+
+
+def timing_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in TIMING_ENV if k in os.environ}
 
 
 def _torch_threads() -> int:

@@ -84,6 +84,7 @@ def test_run_json_on_disk_matches_result_and_folder_is_complete(forward_run: qtr
     assert len(on_disk["settings"]["outlier_dim_indices"]) == 2
     assert on_disk["environment"]["device_type"] == "cpu" and on_disk["environment"]["nvml"] is None
     assert on_disk["environment"]["versions"]["bitsandbytes"]
+    assert isinstance(on_disk["environment"]["env"], dict)
     assert on_disk["command"][:2] == ["qtrace", "profile"] and "--outlier-dims" in on_disk["command"]
     assert list(on_disk["precisions"]) == ["fp32", "int8", "nf4"]
 
@@ -98,6 +99,8 @@ def test_protocol_figures_are_present_and_sane(forward_run: qtrace.ProfileResult
         assert per_iter["mean"] > 0 and per_iter["stdev"] >= 0
         for key in ("median", "p90", "min", "mean", "stdev"):
             assert per_ex[key] == pytest.approx(per_iter[key] / BATCH, rel=1e-4, abs=1e-6), key
+        # The wall clock around the whole loop covers at least the per-iteration marks.
+        assert e["latency_ms"]["wall_mean_per_iter"] >= 0.99 * per_iter["mean"]
         assert e["generate"] is None
         assert e["load"]["seconds"] > 0 and e["load"]["footprint_bytes"] > 0
         assert e["memory"]["cpu_peak_rss_bytes"] > 0
@@ -312,6 +315,15 @@ def test_import_qtrace_does_not_import_torch() -> None:
     code = "import sys, qtrace; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_timing_environment_variables_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qtrace import device
+
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
+    monkeypatch.setenv("QTRACE_UNRELATED", "x")
+    env = device.timing_env()
+    assert env["CUDA_LAUNCH_BLOCKING"] == "1" and "QTRACE_UNRELATED" not in env
 
 
 def test_api_exports() -> None:
