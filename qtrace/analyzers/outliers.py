@@ -73,12 +73,22 @@ def _ancestors(parent: np.ndarray, row: int) -> list[int]:
     return out
 
 
-def _call_membership(ops: pd.DataFrame, anchors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _thread_keys(trace: Trace) -> np.ndarray:
+    """An integer per op naming its (pid, tid) thread; cached on the trace."""
+    cache = trace.__dict__.setdefault("_qtrace_cache", {})
+    if "thread_keys" not in cache:
+        ops = trace.ops
+        pid = pd.factorize(ops["pid"])[0].astype(np.int64)
+        tid = pd.factorize(ops["tid"])[0].astype(np.int64)
+        cache["thread_keys"] = pid * (int(tid.max()) + 1 if len(tid) else 1) + tid
+    return cache["thread_keys"]
+
+
+def _call_membership(ops: pd.DataFrame, key: np.ndarray, anchors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """For each op in `rows`: the anchor op (a quant or mixed op) whose range holds it, or -1."""
     out = np.full(len(rows), -1, dtype=np.int64)
     if not len(anchors) or not len(rows):
         return out
-    key = (ops["pid"] + "/" + ops["tid"]).to_numpy(dtype=object)
     ts = ops["ts"].to_numpy(dtype=float)
     end = ops["end"].to_numpy(dtype=float)
     eps = 1e-3
@@ -110,7 +120,7 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
     if not len(quant) and not len(mixed) and not len(scaled):
         return pd.DataFrame(columns=CALL_COLUMNS)
     parent = ops["parent"].to_numpy()
-    key = (ops["pid"] + "/" + ops["tid"]).to_numpy(dtype=object)
+    key = _thread_keys(trace)
     ts = ops["ts"].to_numpy(dtype=float)
     # A call starts at each quant op; the mixed (or plain scaled) matmul after it on the thread joins it.
     # A scaled_mm nested in a mixed op is part of that mixed op's call, not a call of its own.
@@ -139,7 +149,8 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
         return pd.DataFrame(columns=CALL_COLUMNS)
 
     dims_col = ops["input_dims"].to_numpy(dtype=object)
-    ctx_step, ctx_step_name = _steps(trace)
+    anchors_all = [c["matmul"] if c["matmul"] is not None else c["quant"] for c in calls]
+    ctx_step, ctx_step_name = _steps(trace, anchors_all)
     col_dequant = np.nonzero(names == COL_DEQUANT_OP)[0]
     col_dequant_of_mixed = {int(parent[r]): int(r) for r in col_dequant
                             if parent[r] >= 0 and names[parent[r]] == MIXED_OP}
@@ -173,11 +184,11 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
             a = _shape(_decode(dims_col[c["quant"]]), 0)
             if a:
                 T, K = int(np.prod(a[:-1])) if len(a) > 1 else 1, a[-1]
-        module, module_class = _module_of(ops, parent, anchor)
+        module, module_class = _module_of(names, parent, anchor)
         m = _LAYER_RE.search(module or "")
         rows.append({
             "call": cid, "ts": float(ts[c["quant"] if c["quant"] is not None else anchor]),
-            "step": ctx_step[anchor], "step_name": ctx_step_name[anchor],
+            "step": ctx_step[cid], "step_name": ctx_step_name[cid],
             "module": module, "module_class": module_class, "layer_index": int(m.group(1)) if m else None,
             "T": T, "K": K, "N": N, "k": k, "share": (k / K) if k is not None and K else None,
             "k_source": k_source, "decomposed": decomposed,
@@ -187,39 +198,35 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
     return out[CALL_COLUMNS]
 
 
-def _steps(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
-    """Per op: step index and name. The innermost qtrace.step range counts (its ordinal among all
-    qtrace.step ranges, so each decode step is a step); else ProfilerStep#N; else -1."""
+def _steps(trace: Trace, rows: list[int]) -> tuple[list[int], list[str]]:
+    """Step index and name of each op in `rows`: the innermost qtrace.step range counts (its
+    ordinal among all qtrace.step ranges in time order, so each decode step is a step); else
+    ProfilerStep#N; else -1."""
     ops = trace.ops
     names = ops["name"].to_numpy(dtype=object)
     parent = ops["parent"].to_numpy()
-    n = len(ops)
-    is_qstep = np.array([isinstance(x, str) and x.startswith("qtrace.step:") for x in names], dtype=bool)
-    order = np.argsort(ops["ts"].to_numpy(dtype=float), kind="stable")
-    qstep_ordinal = np.full(n, -1, dtype=np.int64)
-    qrows = order[is_qstep[order]]
-    qstep_ordinal[qrows] = np.arange(len(qrows))
-    step = np.full(n, -1, dtype=np.int64)
-    step_name = np.full(n, "", dtype=object)
-    depth_order = np.argsort(ops["depth"].to_numpy(), kind="stable")
-    for r in depth_order:  # parents first: inherit, then override at a step range
-        p = parent[r]
-        if p >= 0:
-            step[r] = step[p]
-            step_name[r] = step_name[p]
-        name = names[r]
-        if is_qstep[r]:
-            step[r] = qstep_ordinal[r]
-            step_name[r] = name[len("qtrace.step:"):]
-        else:
-            mm = _STEP_RE.match(name) if isinstance(name, str) else None
-            if mm and step[r] < 0:
-                step[r] = int(mm.group(1))
-    return step, step_name
+    is_qstep = ops["name"].str.startswith("qtrace.step:", na=False).to_numpy(dtype=bool)
+    qrows = np.nonzero(is_qstep)[0]
+    qrows = qrows[np.argsort(ops["ts"].to_numpy(dtype=float)[qrows], kind="stable")]
+    ordinal = {int(r): i for i, r in enumerate(qrows)}
+    steps, step_names = [], []
+    for r in rows:
+        step, step_name = -1, ""
+        for a in [r, *_ancestors(parent, r)]:
+            name = names[a]
+            if a in ordinal:
+                step, step_name = ordinal[a], name[len("qtrace.step:"):]
+                break
+            m = _STEP_RE.match(name) if isinstance(name, str) else None
+            if m:
+                step = int(m.group(1))
+                break
+        steps.append(step)
+        step_names.append(step_name)
+    return steps, step_names
 
 
-def _module_of(ops: pd.DataFrame, parent: np.ndarray, row: int) -> tuple[str | None, str | None]:
-    names = ops["name"].to_numpy(dtype=object)
+def _module_of(names: np.ndarray, parent: np.ndarray, row: int) -> tuple[str | None, str | None]:
     for a in _ancestors(parent, row):
         name = names[a]
         if isinstance(name, str) and name.startswith(MODULE_ANNOTATION_PREFIX):
@@ -243,7 +250,8 @@ def _add_outlier_time(trace: Trace, out: pd.DataFrame, calls: list[dict[str, Any
                 anchor_call[r] = cid
     ophase = op_phases(trace)
     sel = np.nonzero(ophase["phase"].isin(OUTLIER_PHASES).to_numpy() & (ophase["cat"] == "cpu_op").to_numpy())[0]
-    member = _call_membership(ops, anchors, sel)
+    key = _thread_keys(trace)
+    member = _call_membership(ops, key, anchors, sel)
     cpu = pd.Series(ophase["self_us"].to_numpy()[sel]).groupby(
         [anchor_call.get(int(a), -1) for a in member]).sum()
     idx = out["call"].to_numpy()
@@ -252,11 +260,11 @@ def _add_outlier_time(trace: Trace, out: pd.DataFrame, calls: list[dict[str, Any
         return
     gpu = gpu_phases(trace)
     g = gpu[gpu["phase"].isin(OUTLIER_PHASES) & (gpu["op"] >= 0)]
-    gmember = _call_membership(ops, anchors, g["op"].to_numpy())
+    gmember = _call_membership(ops, key, anchors, g["op"].to_numpy())
     gsum = pd.Series(g["dur"].to_numpy()).groupby([anchor_call.get(int(a), -1) for a in gmember]).sum()
     rt = runtime_phases(trace)
     s = rt[rt["is_sync"] & rt["phase"].isin(OUTLIER_PHASES) & (rt["op"] >= 0)]
-    smember = _call_membership(ops, anchors, s["op"].to_numpy())
+    smember = _call_membership(ops, key, anchors, s["op"].to_numpy())
     ssum = pd.Series(np.ones(len(s))).groupby([anchor_call.get(int(a), -1) for a in smember]).sum()
     out["outlier_gpu_us"] = gsum.reindex(idx, fill_value=0.0).to_numpy(dtype=float)
     out["outlier_syncs"] = ssum.reindex(idx, fill_value=0).to_numpy().astype(int)

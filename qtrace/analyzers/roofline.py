@@ -609,8 +609,9 @@ def unit_bounds(u: pd.DataFrame, peaks: Peaks) -> pd.DataFrame:
     nbytes = u["bytes"].to_numpy(dtype=float)
     ops = u["flops"].fillna(0).to_numpy(dtype=float) + u["int_ops"].fillna(0).to_numpy(dtype=float)
     has_math = (u["flops"].notna() | u["int_ops"].notna()).to_numpy()
-    peak = np.array([peaks.ops_per_s(d) or np.nan for d in u["dtype"].to_numpy(dtype=object)], dtype=float) \
-        if n else np.zeros(0)
+    dtypes = u["dtype"].to_numpy(dtype=object)
+    by_dtype = {d: (peaks.ops_per_s(d) or np.nan) for d in set(dtypes)}
+    peak = np.array([by_dtype[d] for d in dtypes], dtype=float) if n else np.zeros(0)
     t_mem = np.where(hbm, nbytes / bw * 1e6, np.nan) if bw else np.full(n, np.nan)
     t_comp = np.where(has_math & hbm, ops / peak * 1e6, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
