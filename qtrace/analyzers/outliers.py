@@ -277,12 +277,13 @@ def layer_table(calls: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["module", "layer_index", "step", "step_name", "calls", "K", "N", "k", "share",
                                      "outlier_gpu_us", "outlier_cpu_us", "outlier_syncs"])
     g = c.groupby(["module", "step", "step_name"], sort=False, dropna=False)
-    t = g.agg(layer_index=("layer_index", "first"), calls=("call", "size"), K=("K", "first"), N=("N", "first"),
+    t = g.agg(first_ts=("ts", "min"), layer_index=("layer_index", "first"), calls=("call", "size"),
+              K=("K", "first"), N=("N", "first"),
               k=("k", "sum"), k_known=("k", "count"), outlier_gpu_us=("outlier_gpu_us", "sum"),
               outlier_cpu_us=("outlier_cpu_us", "sum"), outlier_syncs=("outlier_syncs", "sum")).reset_index()
     t.loc[t["k_known"] < t["calls"], "k"] = np.nan  # a call without a known k: no total
     t["share"] = t["k"] / (t["K"] * t["calls"])
-    t = t.sort_values(["step", "layer_index", "module"], kind="stable", na_position="last").reset_index(drop=True)
+    t = t.sort_values(["step", "first_ts"], kind="stable").reset_index(drop=True)  # execution order
     return t[["module", "layer_index", "step", "step_name", "calls", "K", "N", "k", "share", "outlier_gpu_us",
               "outlier_cpu_us", "outlier_syncs"]]
 
