@@ -452,9 +452,12 @@ class _Columns:
 
     def _str(self, values: list) -> list[str]:
         table = self._strings
-        for v in set(values).difference(table):
+        uniq = set(values)
+        for v in uniq.difference(table):
             # pid/tid are ints or strings: the column holds their text, as str(v) would give.
             table[v] = v if isinstance(v, str) else str(v)
+        if len(uniq) == 1:  # one thread, one category: common within a chunk
+            return [table[values[0]]] * len(values)
         return list(map(table.__getitem__, values))
 
     def _raw(self, values: list) -> list[bytes | None]:
