@@ -531,15 +531,12 @@ def _flat(parts: list[list]) -> list:
 def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFrame:
     n = sum(len(p) for p in pieces["ts"])
     if n == 0:
-        # What pandas makes of empty lists: object columns, then the dtypes _finish gives them.
-        df = pd.DataFrame({c: [] for c in columns})
-        for c in ("pid", "tid"):
-            if c in df:
-                df[c] = df[c].astype(str)
-        for c in columns:
-            if c not in _STR_COLS and c not in ("ts", "dur", "input_dims", "input_type"):
-                df[c] = pd.array([], dtype="Int64")
-        return df
+        # The dtypes a non-empty table has (pandas would make float64 columns of empty lists, and the
+        # analyzers' string methods would fail on a trace with, say, kernels but no host ops).
+        return pd.DataFrame({c: pd.array([], dtype=str) if c in _STR_COLS
+                             else np.zeros(0, dtype=object) if c in ("input_dims", "input_type")
+                             else np.zeros(0, dtype=np.float64) if c in ("ts", "dur")
+                             else pd.array([], dtype="Int64") for c in columns})
     data: dict[str, Any] = {}
     for c in columns:
         parts = pieces[c]
