@@ -143,6 +143,7 @@ def resolve_model(model: str | None, trust_remote_code: bool = False,
     if local.exists():
         if not (local.is_dir() and (local / "config.json").is_file()):
             raise QtraceError(f"model {name}: not a Hugging Face checkout (no config.json in that folder)")
+        _require_safetensors(local, name)
         return ModelSpec(name, local, "local", None, _kind_of(local, trust_remote_code))
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
     if looks_like_path or not _HF_ID.match(name):
@@ -153,7 +154,16 @@ def resolve_model(model: str | None, trust_remote_code: bool = False,
             f"model {name}: no such local folder or preset, and not in the local Hugging Face cache "
             f"(qtrace never downloads; see `qtrace presets`)"
         )
+    _require_safetensors(cached, name)
     return ModelSpec(name, cached, "hf-cache", None, _kind_of(cached, trust_remote_code))
+
+
+def _require_safetensors(path: Path, name: str) -> None:
+    """qtrace loads with use_safetensors=True (unpickling a checkpoint can run code): say so up
+    front instead of failing once per precision."""
+    if not any(path.glob("*.safetensors")):
+        raise QtraceError(f"model {name}: no .safetensors weights in {path} "
+                          f"(qtrace does not load pickled .bin checkpoints)")
 
 
 def _hf_cache_snapshot(repo_id: str) -> Path | None:

@@ -186,6 +186,12 @@ def test_resolve_local_folder_and_missing_paths(tmp_path: Path) -> None:
         models.resolve_model(str(tmp_path / "nope"))
     with pytest.raises(QtraceError, match="does not exist"):
         models.resolve_model("./models/nope")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((folder / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(QtraceError, match="safetensors"):
+        models.resolve_model(str(pickled))
     (tmp_path / "empty").mkdir()
     with pytest.raises(QtraceError, match="no config.json"):
         models.resolve_model(str(tmp_path / "empty"))
