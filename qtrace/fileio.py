@@ -16,7 +16,7 @@ from typing import IO
 
 import msgspec
 
-from qtrace.errors import RunFolderError
+from qtrace.errors import QtraceError, RunFolderError
 
 INCOMPLETE_MARKER = "INCOMPLETE"
 
@@ -25,8 +25,11 @@ INCOMPLETE_MARKER = "INCOMPLETE"
 def atomic_open(path: str | os.PathLike, mode: str = "w", gz: bool = False) -> Iterator[IO]:
     """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise QtraceError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         if gz:
@@ -38,6 +41,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", gz: bool = False) -> I
         # mkstemp makes the file owner-only; give it the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
+    except OSError as exc:  # disk full, folder removed meanwhile...: one line, and no temp file left
+        Path(tmp).unlink(missing_ok=True)
+        raise QtraceError(f"cannot write {target}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,7 +79,10 @@ def prepare_out_dir(path: str | os.PathLike, force: bool) -> Path:
         raise RunFolderError(
             f"--out {out} already holds results; pass --force to overwrite, or pick another folder"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
     return out
 
 
