@@ -19,6 +19,7 @@ from qtrace.analyzers.host import host_summary, step_table
 from qtrace.analyzers.kernels import kernel_table
 from qtrace.analyzers.phases import coverage, gpu_time_us, phase_table
 from qtrace.errors import QtraceError
+from qtrace.fileio import INCOMPLETE_MARKER
 from qtrace.trace import Trace, load_trace
 
 TRACE_SUFFIXES = (".json", ".json.gz")
@@ -145,6 +146,15 @@ class Target:
     traces: list[tuple[str | None, Path]]  # (precision or None, trace path)
     run: dict[str, Any] | None = None
 
+    @property
+    def incomplete(self) -> str | None:
+        """A warning line when the run folder is marked INCOMPLETE (interrupted), else None."""
+        if not self.path.is_dir() or not (self.path / INCOMPLETE_MARKER).is_file():
+            return None
+        done = ", ".join(p for p, _ in self.traces if p) or "none"
+        return (f"{self.path} is an incomplete run (interrupted, or still running): reporting the precisions "
+                f"it finished ({done})")
+
     def measured(self, precision: str | None) -> dict[str, Any] | None:
         if not self.run or precision is None:
             return None
@@ -182,6 +192,8 @@ def load_target(path: str | os.PathLike) -> Target:
         found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(TRACE_SUFFIXES)
                        and f.name != RUN_FILE and "trace" in f.name)
         traces = [(f.parent.name if f.parent != p else None, f) for f in found]
+    if not traces and run is not None:
+        raise QtraceError(f"{p}: the run holds measurements but no trace (recorded with --profile-steps 0?)")
     if not traces:
         raise QtraceError(f"{p}: folder holds no trace (expected run.json from `qtrace profile`, or *trace*.json[.gz])")
     return Target(path=p, traces=traces, run=run)

@@ -21,6 +21,9 @@ def _load_all(paths: tuple[str, ...], top: int) -> list[TraceReport]:
     once with its own name instead of after minutes of loading.
     """
     targets = [load_target(p) for p in paths]
+    for t in targets:
+        if t.incomplete:
+            click.echo(f"qtrace: warning: {t.incomplete}", err=True)
     reports: list[TraceReport] = []
     for t in targets:
         reports += analyze_target(t, top=max(top, 10))

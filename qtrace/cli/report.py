@@ -28,6 +28,8 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     """
     out = prepare_out_dir(out_dir, force) if out_dir else None
     target = load_target(path)
+    if target.incomplete:
+        click.echo(f"qtrace: warning: {target.incomplete}", err=True)
     reports = analyze_target(target, top=top)
     if out is not None:
         trace_report.write_outputs(reports, out, str(target.path), target.run)
