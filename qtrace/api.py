@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qtrace import __version__, fileio
+from qtrace.energy import energy_block
 from qtrace.errors import QtraceError
 
 RUN_FILE = "run.json"
@@ -47,11 +48,12 @@ class Settings:
     trust_remote_code: bool = False
 
     def validate(self) -> None:
-        for name in ("batch_size", "seq_len", "new_tokens", "iters", "profile_steps"):
+        for name in ("batch_size", "seq_len", "new_tokens", "iters"):
             if getattr(self, name) < 1:
                 raise QtraceError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise QtraceError(f"--warmup must be 0 or more, got {self.warmup}")
+        for name in ("warmup", "profile_steps"):  # profile_steps 0: measure only, record no trace
+            if getattr(self, name) < 0:
+                raise QtraceError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.int8_threshold < 0:
             raise QtraceError(f"--int8-threshold must be 0 or more, got {self.int8_threshold}")
         if self.outlier_dims < 0:
@@ -330,8 +332,13 @@ class _Runner:
         entry["latency_ms"] = capture.latency_block(timing, self.s.batch_size)
         entry["generate"] = capture.generate_block(timing, work)
         entry["memory"] = timing.memory
+        entry["energy"] = energy_block(timing.energy, self.s.iters, self.s.batch_size,
+                                       self.s.new_tokens if self.s.task == "generate" else None)
         med = entry["latency_ms"]["per_iter"]
         self.say.line(f"{tag} median {med['median']:.2f} ms/iter, p90 {med['p90']:.2f} ms")
+        if self.s.profile_steps == 0:
+            self.say.line(f"{tag} --profile-steps 0: no trace recorded")
+            return
         trace = self.out / loaded.precision / TRACE_NAME
         meta = self._metadata(loaded)
         self.say.line(f"{tag} profiling {self.s.profile_steps} step(s) ...")
@@ -366,7 +373,7 @@ class _Runner:
 def _empty_entry(precision: str, dev: Any) -> dict[str, Any]:
     return {
         "status": "error", "error": None, "trace": None, "compute_dtype": None,
-        "load": None, "latency_ms": None, "generate": None, "memory": None,
+        "load": None, "latency_ms": None, "generate": None, "memory": None, "energy": None,
         "timer": "cuda_event" if dev.type == "cuda" else "perf_counter", "warnings": [],
     }
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from qtrace import device as qdevice
+from qtrace.energy import EnergyMeter
 from qtrace.fileio import atomic_open
 
 STEP_FORWARD = "qtrace.step:forward"
@@ -203,6 +204,7 @@ class Timing:
     decode_ms: list[float] = field(default_factory=list)
     wall_ms_per_iter: float | None = None
     memory: dict[str, int | None] = field(default_factory=dict)
+    energy: Any = None  # qtrace.energy.EnergyMeter around the timed loop (no reading on CPU / without NVML)
 
 
 def warm_up(model: Any, work: Workload, n: int, device: Any, progress: Progress | None = None) -> None:
@@ -221,6 +223,7 @@ def timed_pass(model: Any, work: Workload, iters: int, device: Any,
     timing = Timing(clock=clock.kind)
     marks: list[tuple[Any, Any, list[Any]]] = []
     token_clock = _token_clock_class() if work.task == "generate" else None
+    meter = EnergyMeter(device).start()
     wall0 = time.perf_counter()
     for i in range(iters):
         if token_clock is not None:
@@ -235,6 +238,8 @@ def timed_pass(model: Any, work: Workload, iters: int, device: Any,
         if progress:
             progress(f"timed {i + 1}/{iters}")
     clock.finish()
+    meter.stop()
+    timing.energy = meter
     # Host wall clock over the whole loop (after the final sync): a cross-check of the
     # per-iteration clock (CUDA events must agree with it when the host is the bottleneck).
     timing.wall_ms_per_iter = (time.perf_counter() - wall0) * 1e3 / iters

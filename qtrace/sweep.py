@@ -335,11 +335,6 @@ class SweepResult:
     files: list[Path] = field(default_factory=list)
 
 
-NO_PROFILE_NOTE = ("qtrace.profile has no way to skip the profiled pass: each point ran one profiled step after its "
-                   "timed pass (the timed figures are unaffected) and the traces were deleted; pass --profile to "
-                   "keep traces")
-
-
 def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes: str | list[int],
               seq_lens: str | list[int] = "128", task: str = "forward", out: str | Path | None = None,
               force: bool = False, profile: bool = False, profile_steps: int = 3, baseline: str | None = None,
@@ -374,9 +369,9 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
     rows: list[dict[str, Any]] = []
     settings: dict[str, Any] = {"model": model or "tiny-llama", "task": task, "precisions": chosen,
                                 "batch_sizes": bs_list, "seq_lens": seq_list, "baseline": baseline,
-                                "profiled": profile, "profile_steps": profile_steps if profile else 1,
+                                "profiled": profile, "profile_steps": profile_steps if profile else 0,
                                 **{k: v for k, v in profile_kwargs.items()}}
-    notes: list[str] = [] if profile else [NO_PROFILE_NOTE]
+    notes: list[str] = []  # without --profile each point is measured with --profile-steps 0: no trace
     found: list[dict[str, Any]] = []
     total = len(bs_list) * len(seq_list)
     i = 0
@@ -388,15 +383,13 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
             if say:
                 say(f"[sweep {i}/{total}] batch {bs}, seq {seq}")
             result = runner(model=model, precisions=chosen, task=task, batch_size=bs, seq_len=seq,
-                            profile_steps=profile_steps if profile else 1, out=out_path / "points" / point,
+                            profile_steps=profile_steps if profile else 0, out=out_path / "points" / point,
                             force=True, progress=say, quiet=quiet, **profile_kwargs)
             run = result.run
             if settings["precisions"] is None:
                 settings["precisions"] = list(run.get("precisions") or {})
             env = run.get("environment") or {}
             settings.setdefault("device_name", env.get("device_name"))
-            if not profile:
-                _drop_traces(out_path / "points" / point, run)
             rows += rows_from_run(run, bs, seq, f"points/{point}")
             df = frame(rows)
             base = baseline_of(settings["precisions"], baseline)
@@ -410,14 +403,6 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
             say(c["message"])
         say(f"wrote {', '.join(str(f) for f in files)}")
     return SweepResult(out_path, df, found, settings, notes, files)
-
-
-def _drop_traces(point_dir: Path, run: dict[str, Any]) -> None:
-    for entry in (run.get("precisions") or {}).values():
-        rel = (entry or {}).get("trace")
-        if rel:
-            (point_dir / rel).unlink(missing_ok=True)
-            entry["trace_deleted"] = True
 
 
 def _stderr(msg: str) -> None:

@@ -20,7 +20,8 @@ PRECISION_HELP = ("Comma list of fp32, fp16, bf16, int8 (LLM.int8), nf4 (NF4 + d
 @click.option("--warmup", type=int, default=3, show_default=True, help="Un-timed passes before timing.")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed, un-profiled passes.")
 @click.option("--profile-steps", type=int, default=3, show_default=True,
-              help="Recorded profiler steps (after one profiler warm-up step); keep small, traces grow fast.")
+              help="Recorded profiler steps (after one profiler warm-up step); keep small, traces grow fast. "
+                   "0 measures only and records no trace.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default qtrace-runs/<model>-<timestamp>).")
