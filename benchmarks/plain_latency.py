@@ -67,22 +67,23 @@ def scale_norms(model: torch.nn.Module, n: int) -> None:
                 w[torch.tensor(dims, device=w.device)] *= OUTLIER_SCALE
 
 
-def time_forward(model: torch.nn.Module, batch: int, seq: int, seed: int, warmup: int, iters: int) -> list[float]:
+def time_forward(model: torch.nn.Module, batch: int, seq: int, seed: int, warmup: int, iters: int,
+                 mask: bool = True) -> list[float]:
     vocab = int(model.config.vocab_size)
     pad = int(model.config.pad_token_id)
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
     ids = torch.where(ids == pad, (ids + 1) % vocab, ids).cuda()
-    mask = torch.ones_like(ids)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)} if mask else {"input_ids": ids}
     # Decoders run without a KV cache, as qtrace's forward/classify task does; encoders have none.
     extra = {} if model.config.model_type in ENCODERS else {"use_cache": False}
     with torch.inference_mode():
         for _ in range(warmup):
-            model(input_ids=ids, attention_mask=mask, **extra)
+            model(**inputs, **extra)
         torch.cuda.synchronize()
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
         for start, end in events:
             start.record()
-            model(input_ids=ids, attention_mask=mask, **extra)
+            model(**inputs, **extra)
             end.record()
         torch.cuda.synchronize()
     return [s.elapsed_time(e) for s, e in events]
@@ -101,6 +102,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--compare", default=None, help="a qtrace run folder measured on the same inputs")
+    ap.add_argument("--no-mask", action="store_true",
+                    help="call the model without attention_mask (a diagnostic variant, not qtrace's inputs)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("plain_latency: needs a CUDA GPU", file=sys.stderr)
@@ -110,12 +113,14 @@ def main() -> int:
     for precision in args.precision.split(","):
         model = load(args.model_dir, precision, args.task, args.int8_threshold)
         scale_norms(model, args.outlier_dims)
-        ms = time_forward(model, args.batch_size, args.seq_len, args.seed, args.warmup, args.iters)
+        ms = time_forward(model, args.batch_size, args.seq_len, args.seed, args.warmup, args.iters,
+                          mask=not args.no_mask)
         out = {"precision": precision, "batch_size": args.batch_size, "seq_len": args.seq_len,
-               "outlier_dims": args.outlier_dims, "median_ms": statistics.median(ms),
+               "outlier_dims": args.outlier_dims, "attention_mask": not args.no_mask,
+               "median_ms": statistics.median(ms),
                "p90_ms": sorted(ms)[int(0.9 * (len(ms) - 1))], "min_ms": min(ms), "n": len(ms),
                "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-        if run is not None:
+        if run is not None and not args.no_mask:
             q = run["precisions"].get(precision, {}).get("latency_ms", {}).get("per_iter", {}).get("median")
             if q:
                 out["qtrace_median_ms"] = q
