@@ -401,8 +401,9 @@ def _markdown(s: dict[str, Any], calls: pd.DataFrame, layers: pd.DataFrame | Non
 
     if layers is not None and len(layers):
         head = ["layer", "step", "calls", "K", "N", "k", "k / K", "outlier GPU µs", "outlier host µs", "syncs"]
-        rows = [[md_escape(r["module"]), f"{r['step']} {r['step_name']}".strip(), fmt(r["calls"]), fmt(r["K"]),
-                 fmt(r["N"]), fmt(r["k"]), "-" if _clean(r["share"]) is None else f"{r['share'] * 100:.2f}%",
+        rows = [[md_escape(r["module"]), md_escape(f"{r['step']} {r['step_name']}".strip()), fmt(r["calls"]),
+                 fmt(r["K"]), fmt(r["N"]), fmt(r["k"]),
+                 "-" if _clean(r["share"]) is None else f"{r['share'] * 100:.2f}%",
                  fmt(r["outlier_gpu_us"], 1), fmt(r["outlier_cpu_us"], 1), fmt(r["outlier_syncs"])]
                 for r in layers.head(60).to_dict(orient="records")]
         lines.append(md_table(head, rows, "llrrrrrrrr"))
