@@ -247,7 +247,7 @@ _META_KEYS = _Top.__struct_fields__
 def _metadata_of(top: _Top | _StreamTop) -> dict[str, Any]:
     out = {k: getattr(top, k) for k in _META_KEYS if getattr(top, k) is not None}
     if isinstance(out.get("qtrace"), str):  # add_metadata_json stores a JSON value; tolerate a string
-        with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
             out["qtrace"] = msgspec.json.decode(out["qtrace"])
     return out
 
@@ -299,7 +299,7 @@ def _decode_into(cols: _Columns, buf: bytearray, end: int) -> bool:
     piece = mv[:end]
     try:
         events = _EVENTS_DECODER.decode(piece)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         piece.release()
         mv.release()
         return False
@@ -381,7 +381,7 @@ def _stream_decode_blocks(blocks: Iterator[bytes], chunk_bytes: int) -> tuple[_C
             break
     try:
         top = msgspec.json.decode(prefix + _SENTINEL + tail, type=_StreamTop)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         raise _Fallback from None
     if top.traceEvents != _SENTINEL_VALUE:
         raise _Fallback
@@ -414,6 +414,8 @@ def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int
         raise TraceFormatError(f"{p}: not a valid torch.profiler trace: {msg}") from None
     except msgspec.DecodeError as exc:
         raise TraceFormatError(f"{p}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 inside strings
+        raise TraceFormatError(f"{p}: not valid JSON (not UTF-8 text: byte {exc.start} of a string)") from None
     del raw
     cols = _Columns()
     cols.add(decoded.traceEvents)
