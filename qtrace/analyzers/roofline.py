@@ -653,7 +653,7 @@ def rate_row(u: pd.DataFrame, peaks: Peaks, total_us: float | None = None) -> di
     row["modeled_us"] = modeled_us
     row["modeled_share"] = modeled_us / gpu_total if gpu_total > 0 else None
     labelled = known[known["bound"].notna()]
-    if len(labelled):
+    if len(labelled) and labelled["gpu_us"].sum() > 0:  # zero-length copies only: no share to rank by
         shares = labelled.groupby("bound")["gpu_us"].sum()
         shares = shares / shares.sum()
         row["bound_shares"] = {str(k): float(v) for k, v in shares.sort_values(ascending=False).items()}
