@@ -184,6 +184,18 @@ def test_gpu_events_without_a_launch_still_report(tmp_path: Path) -> None:
     assert {k["name"]: k["phase"] for k in rep["kernels"]}["k"] == "other"  # no launching op: no context
 
 
+def test_zero_length_copy_reports(tmp_path: Path) -> None:
+    """A copy of 0 µs (clock granularity) once crashed the roofline's bound ranking (0 / 0 shares)."""
+    trace = _write_events(tmp_path / "zero.json", [
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "pid": 0, "tid": 7, "ts": 5,
+         "dur": 0, "args": {"bytes": 4, "correlation": 1, "device": 0, "stream": 7}},
+    ])
+    for fmt in ("json", "md"):
+        proc = subprocess.run(qtrace_cmd("report", str(trace), "--format", fmt), capture_output=True, text=True,
+                              env=env(tmp_path), cwd=tmp_path, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+
+
 def test_cpu_only_trace_reports(tmp_path: Path) -> None:
     trace = _write_events(tmp_path / "cpu.json", [
         {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 0, "dur": 10},
