@@ -62,10 +62,18 @@ if [ "$PART" = A ]; then
   profile mb_bs16_out6 60 modernbert-base $C --batch-size 16 --outlier-dims 6
   pack mb_out6 mb_bs1_out6 mb_bs16_out6
 else
-  # seed-001: greedy, min = max new tokens = 128, one warm-up; 5 prompts instead of 20 to fit the visit.
-  profile qwen_gen128 300 qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 128 --iters 5 --warmup 1 \
+  # Independent check, interleaved: qtrace and the plain loop alternate, so drift of this shared
+  # host hits both alike (visit A ran them once each, minutes apart, and they disagreed by up to 38%).
+  for r in 1 2; do
+    profile agree_r$r 60 qwen2.5-0.5b --task classify --batch-size 1 --seq-len 128 --iters 40 --warmup 5 \
+      --profile-steps 0 --precision fp16,int8,nf4
+    plain agree_r$r qwen2.5-0.5b --task classify --batch-size 1 --iters 40 --warmup 5
+  done
+  pack agree agree_r1 agree_r2
+  # seed-001: greedy, min = max new tokens = 128, one warm-up; 4 prompts instead of 20 to fit the visit.
+  profile qwen_gen128 240 qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 128 --iters 4 --warmup 1 \
     --profile-steps 0 --precision fp16,int8,nf4 --batch-size 1
-  profile qwen_gen8 100 qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 8 --iters 3 --warmup 1 \
+  profile qwen_gen8 90 qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 8 --iters 3 --warmup 1 \
     --profile-steps 1 --precision fp16,int8,nf4 --batch-size 1
   pack gen qwen_gen128 qwen_gen8
   echo "=== calibrate ($(left) s left)" | tee -a "$LOG"
