@@ -177,15 +177,20 @@ def load_target(path: str | os.PathLike) -> Target:
     if run_file.is_file():
         try:
             run = msgspec.json.decode(run_file.read_bytes())
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise QtraceError(f"{run_file}: not valid JSON ({exc})") from None
         if not isinstance(run, dict):
             raise QtraceError(f"{run_file}: not a qtrace run.json (not an object)")
+        if not isinstance(run.get("precisions") or {}, dict):
+            raise QtraceError(f"{run_file}: not a qtrace run.json ('precisions' is not an object)")
     traces: list[tuple[str | None, Path]] = []
     if run is not None:
         for prec, entry in (run.get("precisions") or {}).items():
             if isinstance(entry, dict) and entry.get("trace"):
                 tp = p / str(entry["trace"])
+                if not tp.resolve().is_relative_to(p.resolve()):
+                    raise QtraceError(f"{run_file}: the {prec} trace path {entry['trace']!r} leads out of the run "
+                                      f"folder")
                 if tp.is_file():
                     traces.append((str(prec), tp))
     if not traces:
