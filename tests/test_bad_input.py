@@ -72,6 +72,11 @@ def write_bad_inputs(d: Path) -> None:
     (run / "int8").mkdir(parents=True)
     (run / "int8" / "trace.json.gz").write_bytes(SMALL.read_bytes()[:1000])
     (run / "run.json").write_text(json.dumps({"precisions": {"int8": {"status": "ok", "trace": "int8/trace.json.gz"}}}))
+    for name, text in (("run-json-not-utf8", b'{"precisions": {"\xff": 1}}'),
+                       ("run-json-precisions-list", b'{"precisions": [1, 2]}'),
+                       ("run-json-escapes", b'{"precisions": {"int8": {"trace": "../../outside.json"}}}')):
+        (d / name).mkdir()
+        (d / name / "run.json").write_bytes(text)
     (d / "existing-run").mkdir()
     (d / "existing-run" / "run.json").write_text("{}")
     (d / "a-file").write_text("x")
@@ -100,6 +105,9 @@ CASES = [
     ("empty folder", ["report", "{d}/empty-folder"], "folder holds no trace"),
     ("folder with no trace", ["report", "{d}/folder-without-trace"], "folder holds no trace"),
     ("run.json not JSON", ["report", "{d}/bad-run-json"], "run.json"),
+    ("run.json not UTF-8", ["report", "{d}/run-json-not-utf8"], "run.json: not valid JSON"),
+    ("run.json precisions not an object", ["report", "{d}/run-json-precisions-list"], "'precisions'"),
+    ("run.json trace path leaves the folder", ["report", "{d}/run-json-escapes"], "leads out of the run folder"),
     ("run folder with a broken trace", ["report", "{d}/run-with-broken-trace"], "int8/trace.json.gz"),
     ("--top 0", ["report", str(SMALL), "--top", "0"], "--top"),
     ("unknown --format", ["report", str(SMALL), "--format", "xml"], "--format"),
