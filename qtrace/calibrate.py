@@ -128,8 +128,8 @@ def calibrate(device: str | None = None, size_mb: int = 1024, gemm_n: int = 8192
         "slug": slug(name),
         "measured_at": now_iso(),
         "compute_capability": f"{props.major}.{props.minor}",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
+        "torch": str(torch.__version__),  # TorchVersion is a str subclass msgspec will not encode
+        "cuda": str(torch.version.cuda) if torch.version.cuda else None,
         "settings": {"size_mb": size_mb, "gemm_n": gemm_n, "warmup": warmup, "repeats": repeats},
         "results": results,
         "datasheet": {"table_entry": spec.key, "peaks": spec.peaks(), "source": spec.source} if spec else None,
