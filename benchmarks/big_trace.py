@@ -192,14 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         out = out.with_name(out.name + ".gz")
     if args.reuse and out.exists():
         print(f"reusing {out} ({out.stat().st_size / 1e6:.0f} MB on disk)")
-    else:
+    elif args.build_only:
         t0 = time.perf_counter()
         info = build(args.source, out, args.target_mb, gz=args.gz)
         print(f"built {out}: {info['bytes_on_disk'] / 1e6:.0f} MB on disk, {info['events']:,} events "
               f"({info['copies']} copies of the {info['source_events']:,}-event source) "
-              f"in {time.perf_counter() - t0:.1f} s")
-    if args.build_only:
+              f"in {time.perf_counter() - t0:.1f} s", flush=True)
         return 0
+    else:
+        # Build in a child: this process stays small, so a measured child's peak RSS is its own
+        # (a forked child starts out sharing its parent's pages, and rusage would count them).
+        cmd = [sys.executable, __file__, "--build-only", "--source", str(args.source), "--out", str(out),
+               "--target-mb", str(args.target_mb)] + (["--gz"] if args.gz else [])
+        subprocess.run(cmd, check=True)
 
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
     results: dict[str, dict] = {}
