@@ -6,7 +6,10 @@ copy's timestamps are shifted past the previous copy, and its correlation ids (a
 flow ids, which equal them), External ids and Ev Idx values are offset, so every kernel still
 pairs with its launch and every runtime call with its op. The text is patched in place, so the
 result keeps Kineto's own formatting (pretty, one key group per line); the header gains
-``"distributedInfo": {"rank": 0}``, which HTA needs.
+``"distributedInfo": {"rank": 0}``, which HTA needs. `qtrace report` on the result gives exactly 16x
+the source's GPU time, launches and host op time per phase; only syncs differ (+2 per copy
+boundary: the profiler's own cudaDeviceSynchronize calls at each copy's start and stop now fall
+inside the window).
 
 Then it runs, one after the other, each in a fresh subprocess on this machine:
 
