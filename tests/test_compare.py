@@ -256,3 +256,25 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, tmp_path, bad):
     assert code == 2
     assert err.startswith("qtrace: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and out == ""
+
+
+def test_measured_waterfall_removes_profiler_cost_per_recorded_event(run_folder):
+    from qtrace.analyzers.compare import host_events, profiler_cost_per_event_us
+
+    reports = analyze_target(load_target(run_folder))
+    comp = compare_reports(reports).comparison_for("int8")
+    base, run = comp.baseline, comp.run
+    # The baseline's profiler cost per recorded host event, recomputed from its parts.
+    events_per_pass = host_events(base.report.trace).sum() / 3
+    cost = (base.trace_ms - base.measured_ms) * 1000 / events_per_pass
+    assert profiler_cost_per_event_us(base) == pytest.approx(cost)
+    assert cost > 0
+    mw = comp.measured_waterfall
+    d_events = (host_events(run.report.trace).subtract(host_events(base.report.trace), fill_value=0)) / 3
+    for step in mw:
+        if step["kind"] == "host":
+            assert step["value_us"] == pytest.approx(step["traced_us"] - cost * d_events.get(step["phase"], 0.0))
+    residual = [s for s in mw if s["kind"] == "residual"]
+    assert len(residual) == 1
+    assert mw[0]["value_us"] + sum(s["value_us"] for s in mw[1:-1]) == pytest.approx(mw[-1]["value_us"])
+    assert "unexplained" in comp.measured_note

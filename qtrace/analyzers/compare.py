@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from qtrace.analyzers.attribution import op_phases, runtime_phases
 from qtrace.report import TraceReport
 from qtrace.taxonomy import PHASE_ORDER, group_of
 
@@ -61,6 +62,7 @@ class RunFigures:
     measured_ms: float | None
     trace_ms: float  # profiled latency per pass from the trace (step median, or span per unit)
     trace_ms_source: str
+    events: pd.Series | None = None  # host events the profiler recorded per phase (ops + runtime calls), scaled
 
     @property
     def source(self) -> str:
@@ -232,7 +234,20 @@ def _figures(report: TraceReport, label: str, passes: int | None, passes_source:
     per_pass = (1.0 if unit == "pass" else 1.0 / passes) if passes else None
     return RunFigures(label=label, report=report, passes=passes, passes_source=passes_source, scale=scale,
                       per_pass=per_pass, phases=table, host=host, gpu_time_us=gpu_time,
-                      measured_ms=measured_latency_ms(report), trace_ms=trace_ms, trace_ms_source=trace_src)
+                      measured_ms=measured_latency_ms(report), trace_ms=trace_ms, trace_ms_source=trace_src,
+                      events=host_events(report.trace) * scale)
+
+
+def host_events(trace: Any) -> pd.Series:
+    """Host events the profiler recorded, per phase: ops, annotations and runtime calls.
+
+    The profiler's own cost is roughly the same for every recorded event (a few µs on a busy
+    host), which is why it inflates int8 (twice the ops and launches) more than fp16.
+    """
+    ops = op_phases(trace)
+    rt = runtime_phases(trace)
+    counts = pd.concat([ops["phase"], rt["phase"]], ignore_index=True).value_counts()
+    return counts.astype(float)
 
 
 def _phase_delta(base: RunFigures, run: RunFigures) -> pd.DataFrame:
@@ -303,13 +318,27 @@ def trace_waterfall(base: RunFigures, run: RunFigures, deltas: pd.DataFrame,
     return steps
 
 
+def profiler_cost_per_event_us(base: RunFigures) -> float | None:
+    """µs the profiler added per recorded host event, from the baseline: (traced - measured) / events."""
+    if not (base.measured_ms and base.per_pass is not None and base.events is not None):
+        return None
+    events_per_pass = float(base.events.sum()) * base.per_pass
+    if events_per_pass <= 0:
+        return None
+    cost = (base.trace_ms - base.measured_ms) * 1000.0 / events_per_pass
+    return cost if cost > 0 else None
+
+
 def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict[str, Any]],
                        unit: str) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """Measured baseline latency -> measured run latency, with the trace's shares scaled onto it.
+    """Measured baseline latency -> measured run latency, explained by the trace without the profiler.
 
-    The profiler inflates host time (every op and launch is recorded), hardly kernel time, so GPU
-    bars stay as traced and only the host-side bars are scaled: by k = (measured delta - GPU busy
-    delta) / traced GPU-idle delta. When k would be negative or undefined, the host side is one bar.
+    The profiler inflates host time by roughly a fixed cost per recorded event (op, annotation,
+    runtime call) and hardly touches kernel time. So GPU bars stay as traced, and each host-side
+    bar loses the profiler's cost of the extra events its phase recorded: c x (events delta),
+    with c estimated on the baseline as (traced per-pass span - measured latency) / events per
+    pass. What the model then leaves unexplained is shown as its own bar ("not explained"), so
+    the bars add up to the measured delta exactly and the size of the gap is visible.
     """
     if not (base.measured_ms and run.measured_ms):
         return None, "no un-profiled latency for both runs (give run folders from `qtrace profile`)"
@@ -317,24 +346,32 @@ def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict
         return None, "pass count unknown, so traced figures cannot be set per iteration (pass --passes N)"
     d_meas = (run.measured_ms - base.measured_ms) * 1000.0
     gpu_kinds, host_kinds = ("gpu", "overlap"), ("host", "unattributed")
-    d_busy = sum(s["value_us"] for s in trace_steps if s["kind"] in gpu_kinds)
-    d_idle = sum(s["value_us"] for s in trace_steps if s["kind"] in host_kinds)
-    host_target = d_meas - d_busy
-    k = host_target / d_idle if abs(d_idle) > _TOL_US else -1.0
     out: list[dict[str, Any]] = [{"kind": "start", "label": f"{base.label} measured", "phase": None,
                                   "value_us": base.measured_ms * 1000.0}]
     out += [dict(s) for s in trace_steps[1:-1] if s["kind"] in gpu_kinds]
-    if k >= 0:
-        out += [{**s, "value_us": s["value_us"] * k, "scale": k} for s in trace_steps[1:-1] if s["kind"] in host_kinds]
-        note = (f"GPU bars as traced; host-side bars scaled by {k:.3f} = (measured delta - traced GPU busy delta) "
-                f"/ traced GPU-idle delta")
-    else:
-        out.append({"kind": "host", "label": "host side (measured - GPU busy)", "phase": None,
-                    "value_us": host_target})
-        note = ("the traced host-side delta cannot be scaled onto the measured one (opposite sign or zero): "
-                "shown as one bar")
+    cost = profiler_cost_per_event_us(base)
+    per_pass = run.per_pass or 1.0
+    if cost is None or run.events is None or base.events is None:
+        cost = 0.0
+    d_events = run.events.subtract(base.events, fill_value=0.0) * per_pass if run.events is not None \
+        and base.events is not None else pd.Series(dtype=float)
+    for s in trace_steps[1:-1]:
+        if s["kind"] not in host_kinds:
+            continue
+        correction = cost * float(d_events.get(s["phase"], 0.0)) if s["phase"] else 0.0
+        out.append({**s, "value_us": s["value_us"] - correction, "traced_us": s["value_us"],
+                    "profiler_us": correction})
+    explained = sum(s["value_us"] for s in out[1:])
+    residual = d_meas - explained
+    out.append({"kind": "residual", "label": "not explained (drift, noise, model error)", "phase": None,
+                "value_us": residual})
     out.append({"kind": "end", "label": f"{run.label} measured", "phase": None,
                 "value_us": run.measured_ms * 1000.0})
+    share = (explained / d_meas) if abs(d_meas) > _TOL_US else None
+    note = (f"GPU bars as traced; each host bar minus the profiler's cost of its extra recorded events "
+            f"({cost:.2f} µs per event, from the baseline: (traced - measured) / events); the trace explains "
+            + (f"{share:.0%} of the measured delta" if share is not None else "a zero measured delta")
+            + f", {residual / 1000:+.2f} ms is left unexplained")
     return out, note
 
 

@@ -166,6 +166,7 @@ def _merge_small(steps: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
         if rest and abs(sum(s["value_us"] for s in rest)) >= 0.5:
             out.append({"kind": kinds[0], "label": f"{title}: {len(rest)} other phases", "phase": None,
                         "value_us": sum(s["value_us"] for s in rest), "merged": True})
+    out += [s for s in steps if s["kind"] == "residual"]  # what the trace does not explain: always shown
     return out
 
 

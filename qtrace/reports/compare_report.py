@@ -72,8 +72,10 @@ def headline(c: Comparison, comp: RunComparison, top: int) -> list[str]:
     if mw:
         m_gpu = sum(s["value_us"] for s in mw[1:-1] if s["kind"] in ("gpu", "overlap"))
         m_host = sum(s["value_us"] for s in mw[1:-1] if s["kind"] in ("host", "unattributed"))
+        m_rest = sum(s["value_us"] for s in mw[1:-1] if s["kind"] == "residual")
         lines.append(f"Measured, per iteration: {ms(mw[0]['value_us'])} -> {ms(mw[-1]['value_us'])} ms = "
-                     f"GPU {_signed_ms(m_gpu)} ms + host side {_signed_ms(m_host)} ms ({comp.measured_note})")
+                     f"GPU {_signed_ms(m_gpu)} ms + host side {_signed_ms(m_host)} ms + not explained "
+                     f"{_signed_ms(m_rest)} ms ({comp.measured_note})")
     elif comp.measured_note:
         lines.append(f"Measured waterfall: not available ({comp.measured_note})")
     mem = memory_totals_delta(base, run)
