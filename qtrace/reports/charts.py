@@ -247,11 +247,12 @@ def waterfall_chart(comp: Any, top: int = 6) -> Figure:
         else:
             title = f"Measured without profiler: {_fmt_ms(d, signed=True)} per iteration (x{comp.latency_ratio:.2f})"
             infl = [f"{f.label} x{f.inflation:.1f}" for f in (comp.baseline, run) if f.inflation]
-            scale = next((s["scale"] for s in steps if "scale" in s), None)
+            residual = sum(s["value_us"] for s in steps if s["kind"] == "residual")
             sub = []
             if infl:
                 sub.append("profiler inflation " + ", ".join(infl))
-            sub.append(f"host bars scaled x{scale:.2f}" if scale is not None else "host side as one bar")
+            if abs(d) > 0:
+                sub.append(f"host bars less the profiler's cost per event; trace explains {1 - residual / d:.0%}")
             _waterfall_axes(ax, steps, top, title + "\n" + "; ".join(sub), "iteration")
     handles = [Patch(facecolor="white", edgecolor="#333333", label="GPU kernel time delta"),
                Patch(facecolor="white", edgecolor="#333333", hatch=HOST_HATCH,
