@@ -266,6 +266,8 @@ _SENTINEL_VALUE = "\x00qtrace: streamed traceEvents"
 CHUNK_BYTES = 1 << 20  # text decoded at a time when streaming: small enough to stay in the CPU cache
 _MAX_HEADER = 256 << 20
 _MAX_TAIL_TRIES = 16
+_MAX_REST = 64 << 20  # what may follow a piece that does not decode (the rest of the file)
+_MAX_TAIL_WORK = 64 << 20  # bytes decoded while looking for the end of the array
 
 
 class _Fallback(Exception):
@@ -357,34 +359,43 @@ def _stream_decode_blocks(blocks: Iterator[bytes], chunk_bytes: int) -> tuple[_C
             fill(len(buf) + chunk_bytes)
             continue
         close, nxt = sep
+        was = buf[close]
         buf[close] = 0x5D  # ']' ends this chunk's array...
         if not _decode_into(cols, buf, close + 1):
-            raise _Fallback
+            # The array may end inside this piece, the separator found lying in what follows it (a
+            # list of objects after traceEvents): read the rest and let the tail search sort it out.
+            buf[close] = was
+            fill(len(buf) + _MAX_REST)
+            if not eof:
+                raise _Fallback
+            break
         del buf[: nxt - 1]
         buf[0] = 0x5B  # ...and '[' starts the next one
 
-    # Tail: the last events, the ']' closing the array, then the rest of the top-level object.
-    tries = 0
+    # Tail: the last events, the ']' closing the array, then the rest of the top-level object. From
+    # the right, the first ']' after which the rest decodes as that object (cheap: the rest is short)
+    # and before which the events decode as an array is the one; a wrong guess fails one of the two.
+    spent = tried = 0
     pos = len(buf)
     while True:
         pos = buf.rfind(b"]", 1, pos)
-        if pos < 0 or tries >= _MAX_TAIL_TRIES:
+        if pos < 0 or spent > _MAX_TAIL_WORK or tried >= _MAX_TAIL_TRIES:
             raise _Fallback
-        tries += 1
         last = pos - 1
         while last > 0 and buf[last] in _WS:
             last -= 1
         if last > 0 and buf[last] != 0x7D:  # the array ends with an event's '}' (or is empty)
             continue
-        tail = bytes(buf[pos + 1:])
+        spent += len(buf) - pos
+        try:
+            top = msgspec.json.decode(prefix + _SENTINEL + bytes(buf[pos + 1:]), type=_StreamTop)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            continue
+        if top.traceEvents != _SENTINEL_VALUE:
+            continue
+        tried += 1
         if _decode_into(cols, buf, pos + 1):
             break
-    try:
-        top = msgspec.json.decode(prefix + _SENTINEL + tail, type=_StreamTop)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-        raise _Fallback from None
-    if top.traceEvents != _SENTINEL_VALUE:
-        raise _Fallback
     return cols, _metadata_of(top)
 
 

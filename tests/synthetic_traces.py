@@ -67,6 +67,10 @@ def write_trace(path: Path, events: list[dict], style: str) -> None:
                 + events_text + '\n  ],\n  "traceName": "x]y"\n}')
     elif style == "compact":
         text = json.dumps(doc, separators=(",", ":"))
+    elif style == "metadata-after":  # events first, then metadata full of '}]' (the end of the array is ambiguous)
+        tail = {"deviceProperties": [{"name": "GPU", "dims": [[1], [2]], "x": [{"y": [3]}]} for _ in range(30)],
+                "traceName": "x]y", "distributedInfo": {"rank": 0, "groups": [{"ranks": [0]}]}}
+        text = json.dumps({"traceEvents": events, **tail}, indent=2)
     else:
         text = json.dumps(doc, indent=1)
     data = text.encode()

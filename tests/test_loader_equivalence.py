@@ -67,6 +67,19 @@ def test_real_traces_stream_without_fallback(real, monkeypatch):
     qt.load_trace(path, chunk_bytes=100_000)
 
 
+@pytest.mark.parametrize("style", ["kineto", "compact", "pretty", "metadata-after"])
+def test_synthetic_layouts_stream_without_fallback(tmp_path, monkeypatch, style):
+    path = tmp_path / "t.json"
+    write_trace(path, random_events(random.Random(5), 200), style)
+    ref = reference_loader.load_trace(path)
+
+    def no_fallback(p):
+        raise AssertionError("fell back to the whole-file decode")
+
+    monkeypatch.setattr(qt, "read_bytes", no_fallback)
+    assert_same(ref, qt.load_trace(path, chunk_bytes=700))
+
+
 def test_real_traces_same_report(real):
     path, ref = real
 
@@ -81,8 +94,9 @@ def test_real_traces_same_report(real):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 120), style=st.sampled_from(["kineto", "compact", "pretty"]),
-       gz=st.booleans(), chunk=st.sampled_from([1, 64, 400, qt.CHUNK_BYTES]))
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 120),
+       style=st.sampled_from(["kineto", "compact", "pretty", "metadata-after"]), gz=st.booleans(),
+       chunk=st.sampled_from([1, 64, 400, qt.CHUNK_BYTES]))
 def test_random_traces_same_tables(tmp_path, seed, n, style, gz, chunk):
     path = tmp_path / ("t.json.gz" if gz else "t.json")
     write_trace(path, random_events(random.Random(seed), n), style)
