@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,3 +280,23 @@ def test_measured_waterfall_removes_profiler_cost_per_recorded_event(run_folder)
     assert len(residual) == 1
     assert mw[0]["value_us"] + sum(s["value_us"] for s in mw[1:-1]) == pytest.approx(mw[-1]["value_us"])
     assert "unexplained" in comp.measured_note
+
+
+def test_energy_per_example_from_run_json_in_runs_and_table(tmp_path):
+    root = tmp_path / "run"
+    precisions = {}
+    joules = {"fp16": 3.0, "int8": 12.0}
+    for prec, src in (("fp16", FP16), ("int8", INT8)):
+        (root / prec).mkdir(parents=True)
+        shutil.copy(src, root / prec / "trace.json.gz")
+        precisions[prec] = {"status": "ok", "trace": f"{prec}/trace.json.gz",
+                            "latency_ms": {"per_iter": {"median": MEASURED[prec]}},
+                            "energy": {"joules_per_example": joules[prec], "source": "nvml_total_energy"}}
+    (root / "run.json").write_text(json.dumps({"settings": {}, "precisions": precisions}))
+    out = subprocess.run([sys.executable, "-m", "qtrace", "compare", str(root), "--format", "json"],
+                         capture_output=True, text=True, check=True)
+    runs = _by_run(json.loads(out.stdout))
+    assert runs["int8"]["energy"]["joules_per_example"] == 12.0
+    table = subprocess.run([sys.executable, "-m", "qtrace", "compare", str(root)], capture_output=True, text=True,
+                           check=True).stdout
+    assert "J/example" in table and "12.000 (x4.00)" in table

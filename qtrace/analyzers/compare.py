@@ -209,6 +209,13 @@ def measured_latency_ms(report: TraceReport) -> float | None:
 # --- figures -----------------------------------------------------------------------------------
 
 
+def energy_per_example_j(report: TraceReport) -> float | None:
+    """Joules per example of the un-profiled timed pass (NVML), when run.json measured it."""
+    energy = (report.measured or {}).get("energy") or {}
+    value = energy.get("joules_per_example")
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _figures(report: TraceReport, label: str, passes: int | None, passes_source: str, unit: str) -> RunFigures:
     scale = 1.0 / passes if unit == "pass" and passes else 1.0
     ph = report.phases.set_index("phase")
@@ -568,6 +575,7 @@ def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
         "gpu_time_us_window": float(fig.report.gpu_time_us),
         "latency": {"measured_ms": fig.measured_ms, "trace_ms": fig.trace_ms, "trace_source": fig.trace_ms_source,
                     "profiler_inflation": fig.inflation},
+        "energy": (fig.report.measured or {}).get("energy"),
         "host": {k: _num(v) if k in ("launches", "syncs") else float(v) for k, v in fig.host.items()},
         "phases": phases,
         "is_baseline": fig is c.baseline,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from qtrace.analyzers.compare import Comparison, RunComparison, memory_totals_delta
+from qtrace.analyzers.compare import Comparison, RunComparison, energy_per_example_j, memory_totals_delta
 from qtrace.fileio import write_json, write_text
 from qtrace.reports.fmt import md_escape, md_table, ms, text_table
 
@@ -106,12 +106,21 @@ def _run_rows(c: Comparison) -> list[list[str]]:
                      str(f.passes or "?"), ms(f.gpu_time_us), ms(f.host["span_us"]),
                      f"{f.measured_ms:.2f}" if f.measured_ms else "-", f"{f.trace_ms:.2f}",
                      f"x{f.inflation:.1f}" if f.inflation else "-",
-                     f"x{comp.latency_ratio:.2f}" if comp and comp.latency_ratio else "-"])
+                     f"x{comp.latency_ratio:.2f}" if comp and comp.latency_ratio else "-",
+                     _energy_cell(f, c.baseline)])
     return rows
 
 
+def _energy_cell(f: Any, base: Any) -> str:
+    """J/example of the timed pass, with its ratio to the baseline's (NVML energy counter)."""
+    j, b = energy_per_example_j(f.report), energy_per_example_j(base.report)
+    if j is None:
+        return "-"
+    return f"{j:.3f}" + (f" (x{j / b:.2f})" if b and f is not base else "")
+
+
 RUN_HEADERS = ["run", "precision", "passes", "GPU ms", "span ms", "measured ms", "traced ms/pass", "inflation",
-               "ratio"]
+               "ratio", "J/example"]
 
 
 MEMORY_TABLES = {
@@ -229,6 +238,7 @@ def runs_frame(c: Comparison) -> pd.DataFrame:
         rows.append({"run": f.label, "source": f.source, "precision": f.precision, "baseline": f is c.baseline,
                      "passes": f.passes, "gpu_time_us": f.gpu_time_us, **f.host, "measured_ms": f.measured_ms,
                      "trace_ms": f.trace_ms, "profiler_inflation": f.inflation,
+                     "joules_per_example": energy_per_example_j(f.report),
                      "latency_ratio": 1.0 if comp is None else comp.latency_ratio,
                      "latency_source": None if comp is None else comp.latency_source})
     return pd.DataFrame(rows)
