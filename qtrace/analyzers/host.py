@@ -192,7 +192,11 @@ def exposed_host_time(trace: Trace) -> pd.Series:
 def step_table(trace: Trace) -> pd.DataFrame:
     """Per profiler step (ProfilerStep#N): span, GPU time, busy, idle, launches, syncs."""
     ops = trace.ops
-    steps = ops[(ops["cat"] == "user_annotation") & ops["name"].str.match(r"^ProfilerStep#\d+$")]
+    # The regex only on annotations (a few), not on every op name.
+    ann = (ops["cat"] == "user_annotation").to_numpy(dtype=bool)
+    is_step = np.zeros(len(ops), dtype=bool)
+    is_step[ann] = ops["name"][ann].str.match(r"^ProfilerStep#\d+$").to_numpy(dtype=bool)
+    steps = ops[is_step]
     cols = ["step", "span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us"]
     if steps.empty:
         return pd.DataFrame(columns=cols)
