@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import _OPS_CHAIN_DEPTH, _STEP_RE, ASYNC_COPY_CALLS, SYNC_CALLS, window
-from qtrace.analyzers.host import OUTSIDE_OPS
+from qtrace.analyzers.host import OUTSIDE_OPS, busy_intervals, covered_in
 from qtrace.taxonomy import MODULE_ANNOTATION_PREFIX, classify, group_of
 from qtrace.trace import Trace
 
@@ -209,3 +209,28 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
         emit(stack[-1][0])
         stack.pop()
     return pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
+
+
+def step_table(trace: Trace) -> pd.DataFrame:
+    """Per profiler step (ProfilerStep#N): span, GPU time, busy, idle, launches, syncs."""
+    ops = trace.ops
+    steps = ops[(ops["cat"] == "user_annotation") & ops["name"].str.match(r"^ProfilerStep#\d+$")]
+    cols = ["step", "span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us"]
+    if steps.empty:
+        return pd.DataFrame(columns=cols)
+    gpu = gpu_phases(trace)
+    rt = runtime_phases(trace)
+    rows = []
+    for s in steps.itertuples():
+        n = int(s.name.split("#", 1)[1])
+        g = gpu[gpu["step"] == n]
+        r = rt[rt["step"] == n]
+        lo = float(s.ts)
+        hi = float(max(s.end, g["end"].max() if len(g) else s.end))
+        bs, be = busy_intervals(g)
+        busy = covered_in(bs, be, lo, hi)
+        sync = r[r["is_sync"]]
+        rows.append({"step": n, "span_us": hi - lo, "gpu_time_us": float(g["dur"].sum()), "gpu_busy_us": busy,
+                     "gpu_idle_us": max(hi - lo - busy, 0.0), "launches": int(r["is_launch"].sum()),
+                     "syncs": int(len(sync)), "sync_us": float(sync["dur"].sum())})
+    return pd.DataFrame(rows, columns=cols)

@@ -27,6 +27,7 @@ def assert_same_analysis(trace) -> None:
                                       obj=fn)
     threads = {tuple(x) for x in trace.ops[["pid", "tid"]].drop_duplicates().itertuples(index=False)}
     threads |= {tuple(x) for x in trace.runtime[["pid", "tid"]].drop_duplicates().itertuples(index=False)}
+    pd.testing.assert_frame_equal(ref.step_table(trace), host.step_table(trace), check_exact=True, obj="steps")
     for thread in sorted(threads) + [("no", "such")]:
         pd.testing.assert_frame_equal(ref._self_segments(trace, thread), host._self_segments(trace, thread),
                                       check_exact=True, obj=f"segments {thread}")
