@@ -119,11 +119,15 @@ def test_reloads_through_qtrace_with_the_same_figures(annotated):
 def test_reloads_through_hta(annotated):
     # HTA's own temporal breakdown asserts on the fp16/nf4 traces (its µs rounding; see
     # tests/test_hta_crosscheck.py), so the int8 one carries this check.
-    if annotated["src"] != INT8:
-        pytest.skip("HTA parses slowly and fails on this trace by itself: the int8 trace carries the check")
     hta = pytest.importorskip("hta.trace_analysis")
     logging.getLogger("hta").setLevel(logging.ERROR)
     analysis = hta.TraceAnalysis(trace_dir=str(annotated["path"].parent), trace_files={0: annotated["path"].name})
+    if annotated["src"] != INT8:
+        # HTA's temporal breakdown asserts on the fp16/nf4 traces by itself (its µs rounding; see
+        # tests/test_hta_crosscheck.py): here HTA must still parse the file and break its kernels down.
+        kernels = analysis.get_gpu_kernel_breakdown(visualize=False)[1]
+        assert len(kernels) > 0
+        return
     row = analysis.get_temporal_breakdown(visualize=False).iloc[0]
     assert row["compute_time(us)"] > 0
     # Our slices and counters must not change what HTA sees on the GPU.
