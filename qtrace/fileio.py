@@ -70,8 +70,12 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     write_bytes(path, msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
 
 
-def prepare_out_dir(path: str | os.PathLike, force: bool) -> Path:
-    """Create `path` for a new result; refuse an existing non-empty folder unless `force`."""
+def check_out_dir(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse an `--out` that is a file, or a non-empty folder without `force`; create nothing.
+
+    Commands call this before the slow work, and `prepare_out_dir` once there is something to
+    write, so bad input never leaves an empty folder behind.
+    """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} exists and is not a folder")
@@ -79,6 +83,12 @@ def prepare_out_dir(path: str | os.PathLike, force: bool) -> Path:
         raise RunFolderError(
             f"--out {out} already holds results; pass --force to overwrite, or pick another folder"
         )
+    return out
+
+
+def prepare_out_dir(path: str | os.PathLike, force: bool) -> Path:
+    """Create `path` for a new result; refuse an existing non-empty folder unless `force`."""
+    out = check_out_dir(path, force)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

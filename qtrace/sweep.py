@@ -357,7 +357,10 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
     if baseline is not None and baseline not in PRECISIONS:
         raise QtraceError(f"--baseline {baseline}: choose from {', '.join(PRECISIONS)}")
     if runner is None:
+        from qtrace import models
         from qtrace.api import profile as runner
+
+        models.resolve_model(model)  # a missing model is one error line, before any folder is made
     say = progress if progress is not None else (None if quiet else _stderr)
     out_path = Path(out) if out is not None else Path("qtrace-runs") / (
         f"sweep-{Path(model or 'tiny-llama').name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")

@@ -332,3 +332,28 @@ def test_ctrl_c_during_report_out_leaves_only_whole_files(tmp_path: Path) -> Non
             json.loads(gzip.decompress(p.read_bytes()))
         else:
             assert p.stat().st_size > 0
+
+
+def test_report_and_compare_out_with_bad_input_leave_no_folder(tmp_path):
+    bad = tmp_path / "empty.json"
+    bad.write_text("")
+    for args in (["report", str(bad), "--out", str(tmp_path / "rep")],
+                 ["compare", str(bad), str(bad), "--out", str(tmp_path / "cmp")]):
+        p = subprocess.run([sys.executable, "-m", "qtrace", *args], capture_output=True, text=True)
+        assert p.returncode == 2
+        assert not (tmp_path / args[-1]).exists()
+
+
+def test_view_of_an_empty_file_is_an_error(tmp_path):
+    empty = tmp_path / "annotated_trace.json.gz"
+    empty.write_bytes(b"")
+    p = subprocess.run([sys.executable, "-m", "qtrace", "view", str(empty)], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip() == f"qtrace: error: {empty}: empty file"
+
+
+def test_sweep_of_a_missing_model_makes_no_folder(tmp_path):
+    out = tmp_path / "sw"
+    p = subprocess.run([sys.executable, "-m", "qtrace", "sweep", str(tmp_path / "no-such-model"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert not out.exists()

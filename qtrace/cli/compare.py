@@ -9,7 +9,7 @@ import msgspec
 
 from qtrace.analyzers.compare import compare_reports, run_labels
 from qtrace.errors import QtraceError
-from qtrace.fileio import prepare_out_dir
+from qtrace.fileio import check_out_dir, prepare_out_dir
 from qtrace.report import TraceReport, analyze_target, load_target
 from qtrace.reports import compare_report
 
@@ -55,12 +55,14 @@ def compare_cmd(paths: tuple[str, ...], baseline: str | None, fmt: str, out_dir:
     the change of GPU time, host CPU time, launches, syncs and GPU idle time; they add up to the
     run's totals minus the baseline's.
     """
-    out = prepare_out_dir(out_dir, force) if out_dir else None
+    if out_dir:
+        check_out_dir(out_dir, force)
     reports = _load_all(paths, top)
     if len(reports) < 2:
         raise QtraceError(f"compare needs at least two runs; {' '.join(paths)} gave {len(reports)}")
     labels = run_labels(reports)
     comparison = compare_reports(reports, baseline=baseline, passes=passes, labels=labels)
+    out = prepare_out_dir(out_dir, force) if out_dir else None
     if out is not None:
         from qtrace import annotate
         from qtrace.reports import html

@@ -7,7 +7,7 @@ import sys
 import click
 import msgspec
 
-from qtrace.fileio import prepare_out_dir
+from qtrace.fileio import check_out_dir, prepare_out_dir
 from qtrace.report import analyze_target, load_target
 from qtrace.reports import trace_report
 
@@ -26,11 +26,13 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     PATH is a torch.profiler Chrome trace (.json or .json.gz) or a run folder written by
     `qtrace profile`.
     """
-    out = prepare_out_dir(out_dir, force) if out_dir else None
+    if out_dir:
+        check_out_dir(out_dir, force)
     target = load_target(path)
     if target.incomplete:
         click.echo(f"qtrace: warning: {target.incomplete}", err=True)
     reports = analyze_target(target, top=top)
+    out = prepare_out_dir(out_dir, force) if out_dir else None
     if out is not None:
         trace_report.write_outputs(reports, out, str(target.path), target.run)
         from qtrace import annotate  # the annotated trace for Perfetto (`qtrace view OUT` says how to open it)

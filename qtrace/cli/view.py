@@ -18,6 +18,8 @@ def find_traces(path: Path) -> list[Path]:
     if path.is_file():
         if not path.name.endswith(TRACE_SUFFIXES):
             raise QtraceError(f"{path}: not a trace file (expected .json or .json.gz)")
+        if path.stat().st_size == 0:
+            raise QtraceError(f"{path}: empty file")
         return [path]
     annotated = sorted(p for p in path.glob("*annotated_trace*") if p.is_file() and p.name.endswith(TRACE_SUFFIXES))
     if annotated:
