@@ -112,16 +112,10 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
 
 
 def _extra_sections(trace: Trace, measured: dict[str, Any] | None) -> dict[str, Any]:
-    """Sections from analyzers that answer further questions (memory, roofline, outliers); each is optional."""
-    sections: dict[str, Any] = {}
-    try:
-        from qtrace.analyzers import memory
-    except ImportError:
-        memory = None
-    if memory is not None:
-        sections["memory"] = memory.memory_section(trace, measured)
-    from qtrace.analyzers import outliers, roofline
+    """Sections from analyzers that answer further questions: memory, roofline, LLM.int8 outliers."""
+    from qtrace.analyzers import memory, outliers, roofline
 
+    sections: dict[str, Any] = {"memory": memory.memory_section(trace, measured)}
     sections["roofline"] = roofline.roofline_section(trace)  # its phase_fields join each phase record
     outlier_stats = outliers.outlier_section(trace)
     if outlier_stats is not None:

@@ -36,14 +36,10 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     if out is not None:
         trace_report.write_outputs(reports, out, str(target.path), target.run)
         from qtrace import annotate  # the annotated trace for Perfetto (`qtrace view OUT` says how to open it)
+        from qtrace.reports import html
 
         annotate.write_for_reports(reports, out)
-        try:
-            from qtrace.reports import html
-        except ImportError:
-            html = None
-        if html is not None:
-            html.write_report_html(reports, out)
+        html.write_report_html(reports, out)
         click.echo(f"wrote reports to {out}", err=True)
     if fmt == "json":
         sys.stdout.write(msgspec.json.encode(trace_report.to_json_obj(reports, str(target.path), target.run)).decode())
