@@ -140,3 +140,28 @@ def test_out_writes_md_csv_json(tmp_path):
     again = subprocess.run([sys.executable, "-m", "qtrace", "report", str(NF4), "--out", str(out)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+QTRACE_GPU_TRACES = sorted((TRACES / "seed").rglob("trace.json.gz")) + sorted(TRACES.glob("h100_qtrace_*.json.gz"))
+
+
+@pytest.mark.parametrize("path", QTRACE_GPU_TRACES, ids=lambda p: str(p.relative_to(TRACES)))
+def test_traces_qtrace_captured_on_the_gpu(path):
+    """The traces `qtrace profile` recorded on the H100: annotated, stamped, fully covered."""
+    trace = load_trace(path)
+    r = analyze_trace(trace)
+    meta = trace.qtrace_meta
+    assert "H100" in (meta.get("device_name") or "")  # the metadata names the GPU
+    assert meta["precision"] == r.precision
+    assert trace.metadata.get("distributedInfo") == {"rank": 0}
+    assert trace.ops["name"].str.startswith("qtrace.module:").any()
+    assert len(r.steps) == meta["profile_steps"]
+    assert r.coverage >= 0.99
+    if r.precision in ("int8", "nf4"):
+        assert trace.ops["name"].str.startswith("bitsandbytes::").any()
+        assert set(r.phases["phase"]) & set(QUANT_PHASES)
+
+
+def test_there_are_at_least_six_qtrace_gpu_traces():
+    assert len(QTRACE_GPU_TRACES) >= 6
+    assert {load_trace(p).qtrace_meta["precision"] for p in QTRACE_GPU_TRACES} >= {"fp16", "int8", "nf4"}
