@@ -173,6 +173,7 @@ class Peaks:
     sources: dict[str, str | None] = field(default_factory=dict)  # field -> "datasheet" | "calibrated"
     calibration_file: str | None = None
     calibrated_at: str | None = None
+    notes: list[str] = field(default_factory=list)  # calibrated values that were not used, and why
 
     @property
     def known(self) -> bool:
@@ -215,7 +216,11 @@ class Peaks:
             "datasheet_note": (self.spec.note or None) if self.spec else None,
             "calibration_file": self.calibration_file,
             "calibrated_at": self.calibrated_at,
+            "notes": list(self.notes),
         }
+
+
+MIN_CALIBRATED_SHARE = 0.25  # a calibrated peak below this share of the datasheet is not used as a roof
 
 
 def peaks_for(name: str | None, use_calibration: bool = True) -> Peaks:
@@ -230,9 +235,18 @@ def peaks_for(name: str | None, use_calibration: bool = True) -> Peaks:
             entry = cal["results"].get(key)
             value = entry.get("value") if isinstance(entry, dict) else entry
             with contextlib.suppress(TypeError, ValueError):
-                if value is not None and float(value) > 0:
-                    values[key] = float(value)
-                    sources[key] = "calibrated"
+                if value is None or float(value) <= 0:
+                    continue
+                sheet = spec.peaks().get(key) if spec else None
+                if sheet and float(value) < MIN_CALIBRATED_SHARE * sheet:
+                    # A roof far below the datasheet measures a library path, not the chip: on an H100
+                    # torch._int_mm reached 130 of 1979 int8 TOPS while bitsandbytes' cuBLASLt kernels go
+                    # faster. Kernels would then run "above the roof"; keep the datasheet and say why.
+                    peaks.notes.append(f"calibrated {key} {float(value):g} is below {MIN_CALIBRATED_SHARE:.0%} of the "
+                                       f"datasheet's {sheet:g}: a library-limited measurement, datasheet kept")
+                    continue
+                values[key] = float(value)
+                sources[key] = "calibrated"
         peaks.calibration_file = str(calibration_path(name or ""))
         peaks.calibrated_at = cal.get("measured_at")
     return peaks

@@ -116,3 +116,14 @@ def test_damaged_calibration_file_is_ignored():
     path.write_text("{not json")
     assert load_calibration("NVIDIA L4") is None
     assert peaks_for("NVIDIA L4").values["hbm_gbps"] == 300
+
+
+def test_calibrated_peak_far_below_the_datasheet_is_not_used_as_a_roof():
+    # As measured on an H100: torch._int_mm reached 130 TOPS, a library path, not the int8 roof.
+    name = "NVIDIA H100 80GB HBM3"
+    _write_calibration(name, {"hbm_gbps": {"value": 3000.0}, "int8_tops": {"value": 130.4}})
+    p = peaks_for(name)
+    assert p.values["hbm_gbps"] == 3000.0 and p.sources["hbm_gbps"] == "calibrated"
+    assert p.values["int8_tops"] == 1979.0 and p.sources["int8_tops"] == "datasheet"
+    assert len(p.notes) == 1 and "int8_tops 130.4" in p.notes[0]
+    assert p.to_dict()["notes"] == p.notes
