@@ -76,7 +76,7 @@ def precision_of(trace: Trace) -> str | None:
     meta = trace.qtrace_meta
     if meta.get("precision"):
         return str(meta["precision"])
-    names = trace.ops["name"]
+    names = pd.Series(trace.ops["name"].unique(), dtype=object)  # a few hundred distinct names, not every op
     if names.str.startswith("bitsandbytes::int8").any():
         return "int8"
     if names.str.contains(r"bitsandbytes::(?:gemm_4bit|gemv_4bit|dequantize_4bit)", regex=True).any():
