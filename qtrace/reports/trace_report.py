@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from qtrace.fileio import write_json, write_text
 from qtrace.report import TraceReport
-from qtrace.reports.fmt import md_escape, md_table, mib, ms, pct, shorten, text_table
+from qtrace.reports.fmt import md_escape, md_table, ms, pct, shorten, text_table
 from qtrace.taxonomy import QUANT_PHASES
 
 PHASE_HEADERS = ["phase", "group", "GPU ms", "GPU %", "kernels", "host CPU ms", "launches", "syncs", "sync ms",
@@ -196,9 +198,7 @@ def render_csv(reports: list[TraceReport]) -> str:
         df.insert(0, "precision", r.precision or "")
         df.insert(0, "source", r.source)
         frames.append(df)
-    import pandas as pd
-
     return pd.concat(frames, ignore_index=True).to_csv(index=False)
 
 
-__all__ = ["render_text", "render_markdown", "render_csv", "to_json_obj", "write_outputs", "headline", "mib"]
+__all__ = ["render_text", "render_markdown", "render_csv", "to_json_obj", "write_outputs", "headline"]
