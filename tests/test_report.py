@@ -165,3 +165,11 @@ def test_traces_qtrace_captured_on_the_gpu(path):
 def test_there_are_at_least_six_qtrace_gpu_traces():
     assert len(QTRACE_GPU_TRACES) >= 6
     assert {load_trace(p).qtrace_meta["precision"] for p in QTRACE_GPU_TRACES} >= {"fp16", "int8", "nf4"}
+
+
+def test_analysis_and_reports_never_import_torch():
+    code = ("import sys, qtrace.report, qtrace.analyzers.compare, qtrace.analyzers.memory, qtrace.analyzers.roofline, "
+            "qtrace.analyzers.outliers, qtrace.reports.html, qtrace.annotate, qtrace.cli.report, qtrace.cli.compare; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
