@@ -199,14 +199,8 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def _bytes(x: Any) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x / 2**20:.1f} MiB"
-
-
 def to_markdown(df: pd.DataFrame, found: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> str:
-    from qtrace.reports.fmt import md_escape, md_table
+    from qtrace.reports.fmt import md_escape, md_table, mib
 
     lines = ["# qtrace sweep", ""]
     if settings:
@@ -220,7 +214,7 @@ def to_markdown(df: pd.DataFrame, found: list[dict[str, Any]], settings: dict[st
     for r in df.sort_values(["seq_len", "batch_size", "precision"], kind="stable").to_dict(orient="records"):
         rows.append([r["precision"], str(r["batch_size"]), str(r["seq_len"]), _fmt(r["latency_ms_per_example"], 3),
                      _fmt(r["latency_ms_per_example_p90"], 3), _fmt(r["latency_ms_per_iter"], 2),
-                     _fmt(r["examples_per_s"], 1), _bytes(r["peak_memory_bytes"]), _fmt(r["joules_per_example"], 4),
+                     _fmt(r["examples_per_s"], 1), mib(r["peak_memory_bytes"]), _fmt(r["joules_per_example"], 4),
                      md_escape(r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}")])
     mm = df["memory_metric"].dropna().unique()
     lines += ["", "## Table", "", md_table(head, rows, "lrrrrrrrrl"), "",

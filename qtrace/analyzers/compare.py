@@ -62,7 +62,7 @@ class RunFigures:
     measured_ms: float | None
     trace_ms: float  # profiled latency per pass from the trace (step median, or span per unit)
     trace_ms_source: str
-    events: pd.Series | None = None  # host events the profiler recorded per phase (ops + runtime calls), scaled
+    events: pd.Series  # host events the profiler recorded per phase (ops, annotations, runtime calls), scaled
 
     @property
     def source(self) -> str:
@@ -327,7 +327,7 @@ def trace_waterfall(base: RunFigures, run: RunFigures, deltas: pd.DataFrame,
 
 def profiler_cost_per_event_us(base: RunFigures) -> float | None:
     """µs the profiler added per recorded host event, from the baseline: (traced - measured) / events."""
-    if not (base.measured_ms and base.per_pass is not None and base.events is not None):
+    if not (base.measured_ms and base.per_pass is not None):
         return None
     events_per_pass = float(base.events.sum()) * base.per_pass
     if events_per_pass <= 0:
@@ -356,12 +356,8 @@ def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict
     out: list[dict[str, Any]] = [{"kind": "start", "label": f"{base.label} measured", "phase": None,
                                   "value_us": base.measured_ms * 1000.0}]
     out += [dict(s) for s in trace_steps[1:-1] if s["kind"] in gpu_kinds]
-    cost = profiler_cost_per_event_us(base)
-    per_pass = run.per_pass or 1.0
-    if cost is None or run.events is None or base.events is None:
-        cost = 0.0
-    d_events = run.events.subtract(base.events, fill_value=0.0) * per_pass if run.events is not None \
-        and base.events is not None else pd.Series(dtype=float)
+    cost = profiler_cost_per_event_us(base) or 0.0
+    d_events = run.events.subtract(base.events, fill_value=0.0) * (run.per_pass or 1.0)
     for s in trace_steps[1:-1]:
         if s["kind"] not in host_kinds:
             continue
