@@ -10,12 +10,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from _cli import run_cli
 from _synthetic_trace import stepped_trace, write_trace
 
 from qtrace.analyzers.attribution import gpu_phases
 from qtrace.analyzers.phases import gpu_time_us, phase_table
 from qtrace.annotate import PHASE_CAT, PROCESS_NAME, write_annotated_trace
-from qtrace.cli import main
 from qtrace.taxonomy import PHASES, group_of
 from qtrace.trace import load_trace
 
@@ -151,19 +151,10 @@ def test_step_markers_kept_and_distributed_info_added(tmp_path):
     assert {e["name"] for e in host_slices} >= {"dense.gemm", "elementwise"}
 
 
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def test_view_prints_where_and_how(capsys, annotated):
     for target in (annotated["path"], annotated["path"].parent):
-        code, out, _ = _run(capsys, "view", str(target))
+        code, out, _ = run_cli(capsys, "view", str(target))
         assert code == 0
         assert str(annotated["path"].resolve()) in out
         assert "ui.perfetto.dev" in out and "chrome://tracing" in out
@@ -172,6 +163,6 @@ def test_view_prints_where_and_how(capsys, annotated):
 @pytest.mark.parametrize("what", ["missing", "empty_folder"])
 def test_view_nothing_there_is_one_line(capsys, tmp_path, what):
     target = tmp_path / "nope" if what == "missing" else tmp_path
-    code, out, err = _run(capsys, "view", str(target))
+    code, out, err = run_cli(capsys, "view", str(target))
     assert code == 2 and out == ""
     assert err.startswith("qtrace: error: ") and err.count("\n") == 1

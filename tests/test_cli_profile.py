@@ -10,23 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run_cli
 from _qtrace_tiny import tiny_checkpoint
 
-from qtrace.cli import main
 from qtrace.models import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """The console script's entry point in-process: same error handling, no interpreter start."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _assert_one_line_error(code: int, err: str, needle: str) -> None:
@@ -55,7 +44,7 @@ def test_user_errors_are_one_line_exit_2(args: list[str], needle: str, capsys: p
     monkeypatch.setenv("QTRACE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.chdir(tmp_path)
-    code, out, err = _run_main(["profile", *args, "--out", str(tmp_path / "run")], capsys)
+    code, out, err = run_cli(capsys, *["profile", *args, "--out", str(tmp_path / "run")])
     _assert_one_line_error(code, err, needle)
     assert out == ""
     assert not (tmp_path / "run" / "run.json").exists()
@@ -66,11 +55,11 @@ def test_out_refuses_non_empty_folder_without_force(tmp_path: Path, capsys: pyte
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     model = str(tiny_checkpoint("tiny-llama"))
-    code, _, err = _run_main(["profile", model, "--precision", "fp32", "--out", str(out)], capsys)
+    code, _, err = run_cli(capsys, *["profile", model, "--precision", "fp32", "--out", str(out)])
     _assert_one_line_error(code, err, "--force")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    code, stdout, err = _run_main(["profile", model, "--precision", "fp32", "--seq-len", "8", "--warmup", "0",
-                                   "--iters", "2", "--profile-steps", "1", "--out", str(out), "--force"], capsys)
+    code, stdout, err = run_cli(capsys, *["profile", model, "--precision", "fp32", "--seq-len", "8", "--warmup", "0",
+                                   "--iters", "2", "--profile-steps", "1", "--out", str(out), "--force"])
     assert code == 0, err
     assert (out / "run.json").is_file() and (out / "fp32" / "trace.json.gz").is_file()
     assert stdout.splitlines()[0].split()[:2] == ["precision", "median"]
@@ -79,7 +68,7 @@ def test_out_refuses_non_empty_folder_without_force(tmp_path: Path, capsys: pyte
 def test_presets_lists_every_preset(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QTRACE_CACHE", str(tmp_path))
-    code, out, err = _run_main(["presets"], capsys)
+    code, out, err = run_cli(capsys, *["presets"])
     assert code == 0, err
     rows = {line.split()[0]: line for line in out.splitlines()[1:] if line and not line.startswith("cache:")}
     assert set(rows) == set(PRESETS)
@@ -89,7 +78,7 @@ def test_presets_lists_every_preset(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 def test_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run_main(["profile", "--help"], capsys)
+    code, out, _ = run_cli(capsys, *["profile", "--help"])
     assert code == 0
     for option in ("--precision", "--task", "--batch-size", "--seq-len", "--new-tokens", "--warmup", "--iters",
                    "--profile-steps", "--device", "--out", "--force", "--seed", "--int8-threshold",

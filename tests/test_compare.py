@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run_cli
 from _synthetic_trace import stepped_trace, write_trace
 
 from qtrace.analyzers.compare import compare_reports, pass_count, run_labels
-from qtrace.cli import main
 from qtrace.errors import QtraceError
 from qtrace.report import analyze_target, analyze_trace, load_target
 from qtrace.taxonomy import PHASES
@@ -211,18 +211,9 @@ def test_equal_step_counts_keep_window_totals(tmp_path):
 # --- CLI -------------------------------------------------------------------------------------------
 
 
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def test_cli_json_and_csv(capsys, tmp_path):
-    code, out, _ = _run(capsys, "compare", str(FP16), str(NF4), "--format", "json")
+    code, out, _ = run_cli(capsys, "compare", str(FP16), str(NF4), "--format", "json")
     assert code == 0
     obj = json.loads(out)
     assert obj["baseline"] == str(FP16)
@@ -233,14 +224,14 @@ def test_cli_json_and_csv(capsys, tmp_path):
 
 def test_cli_run_folder_table_and_out(capsys, run_folder, tmp_path):
     out_dir = tmp_path / "cmp"
-    code, out, err = _run(capsys, "compare", str(run_folder), "--out", str(out_dir))
+    code, out, err = run_cli(capsys, "compare", str(run_folder), "--out", str(out_dir))
     assert code == 0, err
     assert "int8 vs fp16: x3.67 the latency (measured" in out
     for name in ("report.md", "report.html", "compare.json", "deltas.csv", "runs.csv",
                  "fp16.annotated_trace.json.gz", "int8.annotated_trace.json.gz", "charts/waterfall_int8.png"):
         assert (out_dir / name).is_file(), name
     # --out refuses a folder that holds results, unless --force.
-    code, _, err = _run(capsys, "compare", str(run_folder), "--out", str(out_dir))
+    code, _, err = run_cli(capsys, "compare", str(run_folder), "--out", str(out_dir))
     assert code == 2 and err.count("\n") == 1 and "--force" in err
 
 
@@ -254,7 +245,7 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, tmp_path, bad):
         args = [str(NF4), str(junk)]
     else:
         args = [str(NF4)]
-    code, out, err = _run(capsys, "compare", *args)
+    code, out, err = run_cli(capsys, "compare", *args)
     assert code == 2
     assert err.startswith("qtrace: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and out == ""

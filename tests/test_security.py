@@ -116,8 +116,8 @@ def _tags(text: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
     return found
 
 
-def test_no_network_while_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`qtrace report` (in-process, every analyzer) with every way out of the machine blocked and watched."""
+def block_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Block and watch every way out of the machine; the returned list collects the attempts."""
     attempts: list[str] = []
 
     def refuse(*args, **kwargs):
@@ -128,6 +128,12 @@ def test_no_network_while_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def test_no_network_while_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`qtrace report` (in-process, every analyzer) with every way out of the machine blocked and watched."""
+    attempts = block_network(monkeypatch)
     from qtrace.cli import cli
 
     result = CliRunner().invoke(cli, ["report", str(SMALL), "--format", "json"], catch_exceptions=False)
@@ -139,15 +145,7 @@ def test_no_network_while_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_profile_resolves_hub_ids_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """An HF id is looked up in the local cache only: HF_HUB_OFFLINE is set and nothing dials out."""
     pytest.importorskip("huggingface_hub")
-    attempts: list[str] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(repr(args[:2]))
-        raise OSError("network access blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    attempts = block_network(monkeypatch)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     from qtrace.errors import QtraceError
@@ -169,15 +167,7 @@ def test_profile_of_a_local_checkout_never_dials_out(monkeypatch: pytest.MonkeyP
     import qtrace
 
     ckpt = tiny_checkpoint("tiny-llama")
-    attempts: list[str] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(repr(args[:2]))
-        raise OSError("network access blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    attempts = block_network(monkeypatch)
     result = qtrace.profile(model=str(ckpt), precisions="fp32", seq_len=8, warmup=0, iters=1, profile_steps=1,
                             device="cpu", out=tmp_path / "run", quiet=True)
     assert result.run["precisions"]["fp32"]["status"] == "ok", result.run["precisions"]["fp32"]
