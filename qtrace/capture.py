@@ -27,7 +27,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,29 @@ class Workload:
     input_ids: Any
     attention_mask: Any
     pad_token_id: int
+    vocab_size: int
+    seed: int
+
+    def with_prompt(self, index: int) -> Workload:
+        """The same workload on prompt `index` (seeded from the run's seed, same for every precision).
+
+        Timed generation uses prompt 1..N, one per iteration (seed-001 times N different
+        prompts); warm-up and the forward tasks use prompt 0, the workload's own ids.
+        """
+        if index == 0:
+            return self
+        ids = prompt_ids(self.vocab_size, self.pad_token_id, self.batch_size, self.seq_len,
+                         self.seed + index).to(self.input_ids.device)
+        return replace(self, input_ids=ids)
+
+
+def prompt_ids(vocab: int, pad: int, batch_size: int, seq_len: int, seed: int) -> Any:
+    """Random token ids from a seeded generator, pad id avoided (on the CPU)."""
+    import torch
+
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
+    # A pad id inside the prompt would make classification pool an earlier token.
+    return torch.where(ids == pad, (ids + 1) % vocab, ids)
 
 
 def make_workload(model: Any, kind: str, task: str, batch_size: int, seq_len: int, new_tokens: int,
@@ -96,12 +119,9 @@ def make_workload(model: Any, kind: str, task: str, batch_size: int, seq_len: in
 
     vocab = int(model.config.vocab_size)
     pad = int(model.config.pad_token_id)
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen)
-    # A pad id inside the prompt would make classification pool an earlier token.
-    ids = torch.where(ids == pad, (ids + 1) % vocab, ids)
+    ids = prompt_ids(vocab, pad, batch_size, seq_len, seed)
     return Workload(task, batch_size, seq_len, new_tokens, kind, ids.to(device),
-                    torch.ones_like(ids).to(device), pad)
+                    torch.ones_like(ids).to(device), pad, vocab, seed)
 
 
 def run_forward(model: Any, work: Workload) -> Any:
@@ -223,13 +243,15 @@ def timed_pass(model: Any, work: Workload, iters: int, device: Any,
     timing = Timing(clock=clock.kind)
     marks: list[tuple[Any, Any, list[Any]]] = []
     token_clock = _token_clock_class() if work.task == "generate" else None
+    # Built before the clock starts: drawing and copying prompts is not part of the pass.
+    prompts = [work.with_prompt(i + 1) for i in range(iters)] if token_clock is not None else []
     meter = EnergyMeter(device).start()
     wall0 = time.perf_counter()
     for i in range(iters):
         if token_clock is not None:
             tc = token_clock(clock)
             start = clock.mark()
-            run_generate(model, work, [tc])
+            run_generate(model, prompts[i], [tc])
             marks.append((start, clock.mark(), tc.marks))
         else:
             start = clock.mark()
@@ -307,6 +329,7 @@ def generate_block(timing: Timing, work: Workload) -> dict[str, Any] | None:
         "tokens_per_s": _r(work.batch_size * work.new_tokens / (median / 1e3)) if median else None,
         "new_tokens": work.new_tokens,
         "prompts": work.batch_size,
+        "distinct_prompts": len(timing.per_iter_ms) * work.batch_size,
     }
 
 

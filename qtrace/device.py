@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
 
@@ -63,6 +64,29 @@ def cpu_name() -> str:
     return f"{model} ({os.cpu_count()} logical CPUs)"
 
 
+def cpu_ranges(cpus: Iterable[int]) -> str:
+    """{0, 1, 2, 3, 8} -> "0-3,8"."""
+    ranges: list[list[int]] = []
+    for c in sorted(set(cpus)):
+        if ranges and c == ranges[-1][1] + 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def cpu_affinity() -> str | None:
+    """The CPUs this process may run on ("0-3,8"); None where the OS does not say.
+
+    Recorded because a host-bound forward (LLM.int8 at batch 1) runs at the launching CPU's speed,
+    so a pinned (taskset/numactl) run and an unpinned one are not the same measurement.
+    """
+    try:
+        return cpu_ranges(os.sched_getaffinity(0)) or None
+    except (AttributeError, OSError):
+        return None
+
+
 def versions() -> dict[str, str | None]:
     """Versions of everything that changes the numbers."""
     import torch
@@ -97,6 +121,7 @@ def environment(device: Any) -> dict[str, Any]:
         "nvml": nvml_facts(device),
         "versions": versions(),
         "cpu": cpu_name(),
+        "cpu_affinity": cpu_affinity(),
         "torch_threads": _torch_threads(),
         "env": timing_env(),
     }

@@ -6,6 +6,9 @@ import collections
 import gzip
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qtrace
-from qtrace import api, capture, fileio, models
+from qtrace import api, capture, device, fileio, models
 
 ITERS = 4
 STEPS = 2
@@ -85,6 +88,7 @@ def test_run_json_on_disk_matches_result_and_folder_is_complete(forward_run: qtr
     assert on_disk["environment"]["device_type"] == "cpu" and on_disk["environment"]["nvml"] is None
     assert on_disk["environment"]["versions"]["bitsandbytes"]
     assert isinstance(on_disk["environment"]["env"], dict)
+    assert on_disk["environment"]["cpu_affinity"] == device.cpu_ranges(os.sched_getaffinity(0))
     assert on_disk["command"][:2] == ["qtrace", "profile"] and "--outlier-dims" in on_disk["command"]
     assert list(on_disk["precisions"]) == ["fp32", "int8", "nf4"]
 
@@ -114,7 +118,7 @@ def test_generate_figures(generate_run: qtrace.ProfileResult) -> None:
     for precision, e in generate_run.run["precisions"].items():
         assert e["status"] == "ok", (precision, e["error"])
         g = e["generate"]
-        assert g["new_tokens"] == 4 and g["prompts"] == 1
+        assert g["new_tokens"] == 4 and g["prompts"] == 1 and g["distinct_prompts"] == 3
         assert g["ttft_ms"]["n"] == 3 and g["decode_ms_per_token"]["n"] == 3 * (4 - 1)
         assert 0 < g["ttft_ms"]["median"] < e["latency_ms"]["per_iter"]["median"]
         assert 0 < g["decode_ms_per_token"]["median"] <= g["decode_ms_per_token"]["p90"]
@@ -122,6 +126,31 @@ def test_generate_figures(generate_run: qtrace.ProfileResult) -> None:
         assert g["tokens_per_s"] == pytest.approx(4 / (e["latency_ms"]["per_iter"]["median"] / 1e3), rel=1e-4)
         # prefill + 3 decode steps fit in one call
         assert g["ttft_ms"]["min"] + 3 * g["decode_ms_per_token"]["min"] <= e["latency_ms"]["per_iter"]["p90"]
+
+
+def test_timed_generation_uses_one_distinct_prompt_per_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint("qwen2.5-0.5b"))).eval()
+    model.config.pad_token_id = 0  # qtrace's loader sets one; a bare checkpoint may have none
+    work = capture.make_workload(model, "decoder", "generate", 2, 8, 2, seed=5, device=torch.device("cpu"))
+    seen: list[torch.Tensor] = []
+    real = capture.run_generate
+
+    def recording(m: Any, w: capture.Workload, processors: Any = None) -> Any:
+        seen.append(w.input_ids.clone())
+        return real(m, w, processors)
+
+    monkeypatch.setattr(capture, "run_generate", recording)
+    with torch.inference_mode():
+        capture.timed_pass(model, work, 3, torch.device("cpu"))
+    assert len(seen) == 3 and all(ids.shape == (2, 8) for ids in seen)
+    prompts = {tuple(ids.flatten().tolist()) for ids in [work.input_ids, *seen]}
+    assert len(prompts) == 4  # warm-up's prompt 0 and three different timed prompts
+    pad = int(model.config.pad_token_id)
+    assert all(pad not in ids for ids in seen)
+    # Same seed, same prompts: every precision of a run generates from the same inputs.
+    assert torch.equal(work.with_prompt(2).input_ids, seen[1])
 
 
 def test_result_frame_and_trace_paths(forward_run: qtrace.ProfileResult) -> None:
@@ -305,8 +334,6 @@ def test_progress_messages_go_to_the_sink(tmp_path: Path) -> None:
                    profile_steps=1, out=tmp_path / "r", progress=lines.append)
     text = "\n".join(lines)
     assert "[fp32] loading" in text and "[fp32] median" in text and "trace" in text
-
-
 def test_import_qtrace_does_not_import_torch() -> None:
     import subprocess
     import sys
@@ -324,6 +351,19 @@ def test_timing_environment_variables_are_recorded(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("QTRACE_UNRELATED", "x")
     env = device.timing_env()
     assert env["CUDA_LAUNCH_BLOCKING"] == "1" and "QTRACE_UNRELATED" not in env
+
+
+def test_cpu_ranges_compacts_runs_of_cpus() -> None:
+    assert device.cpu_ranges([8, 0, 1, 2, 3]) == "0-3,8"
+    assert device.cpu_ranges({5}) == "5"
+    assert device.cpu_ranges([0, 2, 3, 4, 7, 8]) == "0,2-4,7-8"
+    assert device.cpu_ranges([]) == ""
+
+
+def test_pinned_process_records_its_cpus() -> None:
+    code = "import os; os.sched_setaffinity(0, {0}); from qtrace import device; print(device.cpu_affinity())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
 
 
 def test_api_exports() -> None:

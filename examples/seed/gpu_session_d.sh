@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Fourth GPU visit (issue 5's open points), two parts, one device call each:
+#   D1: why did the same code's latency drift between processes (visits B and C)? Host facts;
+#       benchmarks/cpu_placement.py (one process, its launching thread moved over every CPU);
+#       then alternating rounds of `qtrace profile` and the plain loop, both pinned with taskset
+#       to the same two CPUs (the fastest two of the placement scan), and two unpinned rounds for
+#       contrast. Same-tool pairs across rounds are the A/A control: the noise floor of the host.
+#   D2: generation in the seed-001 protocol with all 20 prompts (greedy, 128 new tokens, one
+#       warm-up), pinned like D1; then, while time is left, a pinned re-profile of Qwen batch 1.
+# Usage, from the repository root on the GPU host (wheels installed, PYTHONPATH set):
+#   OUT=/some/dir bash examples/seed/gpu_session_d.sh D1|D2 [cpus]
+set -u
+PART=${1:?D1 or D2}
+PIN=${2:-}
+OUT=${OUT:-/tmp/qtrace-seed}
+RUNS=/tmp/qtrace-seed-runs
+DEADLINE=${DEADLINE:-560}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1 QTRACE_CACHE=/tmp/qtrace-cache TOKENIZERS_PARALLELISM=false
+LOG=$OUT/log_$PART.txt
+START=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+MODEL=$QTRACE_CACHE/presets/qwen2.5-0.5b
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+  nvidia-smi topo -m; lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA|Hypervisor|CPU MHz)"
+  grep MHz /proc/cpuinfo | sort | uniq -c; cat /proc/loadavg; head -1 /proc/stat
+  cat /sys/fs/cgroup/cpu.max 2>/dev/null; command -v taskset numactl
+} 2>&1 | tee -a "$LOG"
+
+profile() {  # profile <name> <limit s> <taskset prefix or ""> <args...>
+  local name=$1 limit=$2 pin=$3; shift 3
+  if [ "$(left)" -lt 40 ]; then echo "=== SKIP $name (deadline)" | tee -a "$LOG"; return; fi
+  [ "$limit" -gt "$(left)" ] && limit=$(left)
+  echo "=== $name [$pin] ($(left) s left): qtrace profile $*" | tee -a "$LOG"
+  timeout "$limit" $pin python3 -m qtrace profile "$@" --out "$RUNS/$name" --force >> "$LOG" 2>&1
+}
+plain() {  # plain <run name> <taskset prefix or ""> <args...>
+  local name=$1 pin=$2; shift 2
+  if [ "$(left)" -lt 40 ]; then echo "=== SKIP plain $name (deadline)" | tee -a "$LOG"; return; fi
+  echo "=== plain $name [$pin] ($(left) s left)" | tee -a "$LOG"
+  timeout 100 $pin python3 benchmarks/plain_latency.py "$MODEL" --compare "$RUNS/$name" "$@" 2>>"$LOG" \
+    | sed "s/^{/{\"round\": \"$name\", \"pinned\": \"$pin\", /" | tee -a "$OUT/plain_$PART.jsonl"
+}
+
+ROUND="--task classify --batch-size 1 --seq-len 128 --iters 30 --warmup 5"
+if [ "$PART" = D1 ]; then
+  # The preset folder is built by the first qtrace run; the placement scan reads it.
+  profile d1_u1 120 "" qwen2.5-0.5b $ROUND --profile-steps 0 --precision fp16,int8
+  plain d1_u1 "" $ROUND --precision fp16,int8
+  echo "=== placement int8 ($(left) s left)" | tee -a "$LOG"
+  timeout 120 python3 benchmarks/cpu_placement.py "$MODEL" --precision int8 --iters 10 --sweeps 2 \
+    2>>"$LOG" | tee "$OUT/placement_D1.jsonl"
+  # The two fastest CPUs by median over sweeps (all CPUs if the scan failed).
+  PIN=$(python3 -c "
+import json,sys
+s=[json.loads(l) for l in open('$OUT/placement_D1.jsonl') if '\"summary\"' in l]
+print(','.join(sorted(s[0]['per_cpu_median_ms'], key=s[0]['per_cpu_median_ms'].get)[:2]) if s else '')" 2>>"$LOG")
+  P=""; [ -n "$PIN" ] && P="taskset -c $PIN"
+  echo "=== pinned to: ${PIN:-none}" | tee -a "$LOG"
+  for r in 1 2 3 4; do
+    profile d1_p$r 90 "$P" qwen2.5-0.5b $ROUND --profile-steps 0 --precision fp16,int8,nf4
+    plain d1_p$r "$P" $ROUND --precision fp16,int8,nf4
+  done
+  profile d1_u2 90 "" qwen2.5-0.5b $ROUND --profile-steps 0 --precision fp16,int8
+  plain d1_u2 "" $ROUND --precision fp16,int8
+  (cd "$RUNS" && tar czf "$OUT/rounds_D1.tgz" d1_*)
+else
+  P=""; [ -n "$PIN" ] && P="taskset -c $PIN"
+  # seed-001: greedy, min = max new tokens = 128, one warm-up generation, 20 prompts.
+  profile qwen_gen128_p20 420 "$P" qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 128 --iters 20 \
+    --warmup 1 --profile-steps 0 --precision fp16,int8,nf4 --batch-size 1
+  (cd "$RUNS" && tar czf "$OUT/gen_D2.tgz" qwen_gen128_p20)
+  profile qwen_bs1_pinned 110 "$P" qwen2.5-0.5b --task classify --seq-len 128 --iters 20 --warmup 3 \
+    --profile-steps 2 --precision fp16,int8,nf4 --batch-size 1
+  (cd "$RUNS" && tar czf "$OUT/bs1_D2.tgz" qwen_bs1_pinned)
+fi
+echo "=== done ($(left) s left)" | tee -a "$LOG"
