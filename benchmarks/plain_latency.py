@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,21 +31,26 @@ ENCODERS = {"bert", "modernbert", "roberta", "deberta", "deberta-v2", "distilber
 OUTLIER_SCALE = 30.0
 
 
-def load(path: str, precision: str, task: str, threshold: float) -> torch.nn.Module:
+def load(path: str, precision: str, task: str, threshold: float, device: str = "cuda:0") -> torch.nn.Module:
     cls = AutoModelForSequenceClassification if task == "classify" else AutoModelForCausalLM
-    kwargs: dict = {"local_files_only": True, "use_safetensors": True, "device_map": {"": 0}}
+    dev = torch.device(device)
+    kwargs: dict = {"local_files_only": True, "use_safetensors": True,
+                    "device_map": {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}}
     if task == "classify":
         kwargs["num_labels"] = NUM_LABELS
     head = ["score", "classifier", "lm_head", "head"]  # the output head stays un-quantized
+    # Quantized layers compute in fp16 on a GPU; on the CPU (smoke tests only) in fp32, where
+    # fp16 matmuls are slow and would measure the dtype, not the protocol.
+    act = torch.float16 if dev.type == "cuda" else torch.float32
     if precision == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold,
                                                            llm_int8_skip_modules=head)
-        kwargs["dtype"] = torch.float16
+        kwargs["dtype"] = act
     elif precision == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float16, llm_int8_skip_modules=head)
-        kwargs["dtype"] = torch.float16
+            bnb_4bit_compute_dtype=act, llm_int8_skip_modules=head)
+        kwargs["dtype"] = act
     else:
         kwargs["dtype"] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     model = cls.from_pretrained(path, **kwargs).eval()
@@ -69,16 +75,25 @@ def scale_norms(model: torch.nn.Module, n: int) -> None:
 
 def time_forward(model: torch.nn.Module, batch: int, seq: int, seed: int, warmup: int, iters: int,
                  mask: bool = True) -> list[float]:
+    """ms per forward: CUDA events on a GPU, perf_counter on the CPU (a smoke-test path)."""
     vocab = int(model.config.vocab_size)
     pad = int(model.config.pad_token_id)
+    device = next(model.parameters()).device
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
-    ids = torch.where(ids == pad, (ids + 1) % vocab, ids).cuda()
+    ids = torch.where(ids == pad, (ids + 1) % vocab, ids).to(device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)} if mask else {"input_ids": ids}
     # Decoders run without a KV cache, as qtrace's forward/classify task does; encoders have none.
     extra = {} if model.config.model_type in ENCODERS else {"use_cache": False}
     with torch.inference_mode():
         for _ in range(warmup):
             model(**inputs, **extra)
+        if device.type != "cuda":
+            ms = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                model(**inputs, **extra)
+                ms.append((time.perf_counter() - t0) * 1e3)
+            return ms
         torch.cuda.synchronize()
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
         for start, end in events:

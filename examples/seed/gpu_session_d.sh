@@ -7,10 +7,14 @@
 #       contrast. Same-tool pairs across rounds are the A/A control: the noise floor of the host.
 #   D2: generation in the seed-001 protocol with all 20 prompts (greedy, 128 new tokens, one
 #       warm-up), pinned like D1; then, while time is left, a pinned re-profile of Qwen batch 1.
+#   D3: (D1 showed the host's speed swings within seconds on every CPU, pinned or not) the
+#       agreement check made drift-proof: benchmarks/latency_agreement.py interleaves qtrace's
+#       timed pass and the plain loop in one process, batch 1 (host-bound) and 64 (GPU-bound);
+#       then separate-process pairs at batch 64, where the host's speed matters little.
 # Usage, from the repository root on the GPU host (wheels installed, PYTHONPATH set):
 #   OUT=/some/dir bash examples/seed/gpu_session_d.sh D1|D2 [cpus]
 set -u
-PART=${1:?D1 or D2}
+PART=${1:?D1, D2 or D3}
 PIN=${2:-}
 OUT=${OUT:-/tmp/qtrace-seed}
 RUNS=/tmp/qtrace-seed-runs
@@ -65,6 +69,16 @@ print(','.join(sorted(s[0]['per_cpu_median_ms'], key=s[0]['per_cpu_median_ms'].g
   profile d1_u2 90 "" qwen2.5-0.5b $ROUND --profile-steps 0 --precision fp16,int8
   plain d1_u2 "" $ROUND --precision fp16,int8
   (cd "$RUNS" && tar czf "$OUT/rounds_D1.tgz" d1_*)
+elif [ "$PART" = D3 ]; then
+  echo "=== agreement, interleaved in one process ($(left) s left)" | tee -a "$LOG"
+  timeout 300 python3 benchmarks/latency_agreement.py qwen2.5-0.5b --precision fp16,int8,nf4 --batch-size 1,64 \
+    --blocks 12 --block-iters 5 --warmup 5 2>>"$LOG" | tee "$OUT/agree_D3.jsonl"
+  B64="--task classify --batch-size 64 --seq-len 128 --iters 20 --warmup 5"
+  for r in 1 2; do
+    profile d3_b64_r$r 90 "" qwen2.5-0.5b $B64 --profile-steps 0 --precision fp16,int8,nf4
+    plain d3_b64_r$r "" $B64 --precision fp16,int8,nf4
+  done
+  (cd "$RUNS" && tar czf "$OUT/rounds_D3.tgz" d3_*)
 else
   P=""; [ -n "$PIN" ] && P="taskset -c $PIN"
   # seed-001: greedy, min = max new tokens = 128, one warm-up generation, 20 prompts.
