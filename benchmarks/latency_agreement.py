@@ -4,7 +4,8 @@ Why: on the shared H100 host the launching CPU's speed swings by up to 1.7x with
 (benchmarks/cpu_placement.py, examples/seed/README.md), and a batch-1 forward is host-bound, so two
 processes run a minute apart cannot agree within 5% whatever they measure. Here both sides live
 in one process and take turns in short blocks (order alternating: Q P, P Q, ...), so every
-stretch of fast or slow host is shared out evenly:
+stretch of fast or slow host is shared out evenly (--control puts a second plain copy in qtrace's
+seat: the A/A noise floor of the same design):
 
 - qtrace side: `qtrace.models.load_model` + `capture.make_workload` + `capture.warm_up` +
   `capture.timed_pass`, the functions `qtrace profile` runs for its latency figure;
@@ -43,21 +44,34 @@ def _median_abs_log_step(values: list[float]) -> float:
 
 
 def agree(spec: models.ModelSpec, precision: str, batch: int, seq: int, blocks: int, block_iters: int,
-          warmup: int, dev: torch.device) -> dict:
-    loaded = models.load_model(spec, precision, "classify", dev)
-    work = capture.make_workload(loaded.model, spec.kind, "classify", batch, seq, 0, 0, dev)
+          warmup: int, dev: torch.device, control: bool = False) -> dict:
     plain_model = plain_load(str(spec.path), precision, "classify", 6.0, str(dev))
-    capture.warm_up(loaded.model, work, warmup, dev)
     plain_time(plain_model, batch, seq, 0, warmup, 1)
+    if control:  # A/A: a second plain copy in qtrace's seat, to measure this design's own noise
+        other = plain_load(str(spec.path), precision, "classify", 6.0, str(dev))
+        plain_time(other, batch, seq, 0, warmup, 1)
+
+        def q_block() -> list[float]:
+            return plain_time(other, batch, seq, 0, 0, block_iters)
+    else:
+        loaded = models.load_model(spec, precision, "classify", dev)
+        work = capture.make_workload(loaded.model, spec.kind, "classify", batch, seq, 0, 0, dev)
+        capture.warm_up(loaded.model, work, warmup, dev)
+
+        def q_block() -> list[float]:
+            return capture.timed_pass(loaded.model, work, block_iters, dev).per_iter_ms
     q_blocks: list[list[float]] = []
     p_blocks: list[list[float]] = []
     for b in range(blocks):
         for side in (("q", "p") if b % 2 == 0 else ("p", "q")):
             if side == "q":
-                q_blocks.append(capture.timed_pass(loaded.model, work, block_iters, dev).per_iter_ms)
+                q_blocks.append(q_block())
             else:
                 p_blocks.append(plain_time(plain_model, batch, seq, 0, 0, block_iters))
-    models.free_model(loaded)
+    if control:
+        del other
+    else:
+        models.free_model(loaded)
     del plain_model
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -68,6 +82,7 @@ def agree(spec: models.ModelSpec, precision: str, batch: int, seq: int, blocks: 
     block_ratios = [q / p for q, p in zip(q_med, p_med, strict=True)]
     ratio = statistics.median(q_all) / statistics.median(p_all)
     return {
+        "sides": "plain/plain (A/A control)" if control else "qtrace/plain",
         "precision": precision, "batch_size": batch, "seq_len": seq, "blocks": blocks, "block_iters": block_iters,
         "qtrace_median_ms": round(statistics.median(q_all), 3), "plain_median_ms": round(statistics.median(p_all), 3),
         "qtrace_over_plain": round(ratio, 4), "within_5pct": abs(ratio - 1) <= 0.05,
@@ -89,6 +104,8 @@ def main() -> int:
     ap.add_argument("--block-iters", type=int, default=5, help="timed forwards per turn")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--control", action="store_true",
+                    help="A/A: time a second plain copy instead of qtrace (the noise floor of this design)")
     args = ap.parse_args()
     dev = resolve_device(args.device)
     spec = models.resolve_model(args.model)
@@ -99,7 +116,8 @@ def main() -> int:
     with models.quiet_libraries(), torch.inference_mode():
         for batch in (int(b) for b in args.batch_size.split(",")):
             for precision in args.precision.split(","):
-                out = agree(spec, precision, batch, args.seq_len, args.blocks, args.block_iters, args.warmup, dev)
+                out = agree(spec, precision, batch, args.seq_len, args.blocks, args.block_iters, args.warmup, dev,
+                            args.control)
                 out.update(device=env["device_name"], torch=env["versions"]["torch"],
                            cpu_affinity=env.get("cpu_affinity"))
                 print(json.dumps(out), flush=True)

@@ -6,7 +6,8 @@
 #       to the same two CPUs (the fastest two of the placement scan), and two unpinned rounds for
 #       contrast. Same-tool pairs across rounds are the A/A control: the noise floor of the host.
 #   D2: generation in the seed-001 protocol with all 20 prompts (greedy, 128 new tokens, one
-#       warm-up), pinned like D1; then, while time is left, a pinned re-profile of Qwen batch 1.
+#       warm-up); then, while time is left, D3's interleaved check with finer turns and its A/A
+#       control (run after D3, so written with what D3 taught).
 #   D3: (D1 showed the host's speed swings within seconds on every CPU, pinned or not) the
 #       agreement check made drift-proof: benchmarks/latency_agreement.py interleaves qtrace's
 #       timed pass and the plain loop in one process, batch 1 (host-bound) and 64 (GPU-bound);
@@ -82,11 +83,15 @@ elif [ "$PART" = D3 ]; then
 else
   P=""; [ -n "$PIN" ] && P="taskset -c $PIN"
   # seed-001: greedy, min = max new tokens = 128, one warm-up generation, 20 prompts.
-  profile qwen_gen128_p20 420 "$P" qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 128 --iters 20 \
+  profile qwen_gen128_p20 400 "$P" qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 128 --iters 20 \
     --warmup 1 --profile-steps 0 --precision fp16,int8,nf4 --batch-size 1
   (cd "$RUNS" && tar czf "$OUT/gen_D2.tgz" qwen_gen128_p20)
-  profile qwen_bs1_pinned 110 "$P" qwen2.5-0.5b --task classify --seq-len 128 --iters 20 --warmup 3 \
-    --profile-steps 2 --precision fp16,int8,nf4 --batch-size 1
-  (cd "$RUNS" && tar czf "$OUT/bs1_D2.tgz" qwen_bs1_pinned)
+  # D3 again with finer turns (40 x 3 instead of 12 x 5), and its A/A control.
+  for c in "" --control; do
+    [ "$(left)" -lt 60 ] && break
+    echo "=== agreement $c ($(left) s left)" | tee -a "$LOG"
+    timeout $(( $(left) - 5 )) python3 benchmarks/latency_agreement.py qwen2.5-0.5b --precision fp16,int8,nf4 \
+      --batch-size 1 --blocks 40 --block-iters 3 --warmup 5 $c 2>>"$LOG" | tee -a "$OUT/agree_D2.jsonl"
+  done
 fi
 echo "=== done ($(left) s left)" | tee -a "$LOG"
