@@ -12,10 +12,12 @@
 #       agreement check made drift-proof: benchmarks/latency_agreement.py interleaves qtrace's
 #       timed pass and the plain loop in one process, batch 1 (host-bound) and 64 (GPU-bound);
 #       then separate-process pairs at batch 64, where the host's speed matters little.
+#   D4: D2's generation stopped at its 400 s limit inside NF4 (a slow stretch of the host); the
+#       NF4 generation again, with a fresh fp16 baseline in the same process for its ratio.
 # Usage, from the repository root on the GPU host (wheels installed, PYTHONPATH set):
 #   OUT=/some/dir bash examples/seed/gpu_session_d.sh D1|D2 [cpus]
 set -u
-PART=${1:?D1, D2 or D3}
+PART=${1:?D1, D2, D3 or D4}
 PIN=${2:-}
 OUT=${OUT:-/tmp/qtrace-seed}
 RUNS=/tmp/qtrace-seed-runs
@@ -80,6 +82,10 @@ elif [ "$PART" = D3 ]; then
     plain d3_b64_r$r "" $B64 --precision fp16,int8,nf4
   done
   (cd "$RUNS" && tar czf "$OUT/rounds_D3.tgz" d3_*)
+elif [ "$PART" = D4 ]; then
+  profile qwen_gen128_p20_nf4 210 "" qwen2.5-0.5b --task generate --seq-len 128 --new-tokens 128 --iters 20 \
+    --warmup 1 --profile-steps 0 --precision nf4,fp16 --batch-size 1
+  cp "$RUNS/qwen_gen128_p20_nf4/run.json" "$OUT/"
 else
   P=""; [ -n "$PIN" ] && P="taskset -c $PIN"
   # seed-001: greedy, min = max new tokens = 128, one warm-up generation, 20 prompts.

@@ -52,23 +52,34 @@ def classify_table() -> str:
     return "\n".join(rows)
 
 
+# Generation runs, in the order shown: the seed-001 protocol with 20 prompts (visit D: fp16 + int8
+# in D2, whose NF4 hit the call's time limit, then NF4 + a fresh fp16 baseline in D4), and visit
+# B's earlier 4-prompt run. Ratios are taken against the fp16 of the same run only.
+GENERATE_RUNS = [("qwen_gen128_p20", "D2"), ("qwen_gen128_p20_nf4", "D4"), ("qwen_gen128", "B")]
+
+
 def generate_table() -> str:
-    r = run("qwen_gen128")
-    s = r["settings"]
-    rows = [f"Qwen2.5-0.5B shape, {s['iters']} prompts of {s['seq_len']} tokens, {s['new_tokens']} new tokens, "
-            "greedy, 1 warm-up generation, batch 1:", "",
-            "| precision | TTFT ms median | decode ms/token median (p90) | tokens/s | x fp16 tok/s | peak alloc MiB | "
-            "load footprint MiB | J/token |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    base = r["precisions"]["fp16"]["generate"]["tokens_per_s"]
-    for p in PRECISIONS:
-        e = r["precisions"][p]
-        g = e["generate"]
-        j = (e.get("energy") or {}).get("joules_per_token")
-        rows.append(f"| {p} | {g['ttft_ms']['median']:.1f} | {g['decode_ms_per_token']['median']:.1f} "
-                    f"({g['decode_ms_per_token']['p90']:.1f}) | {g['tokens_per_s']:.1f} | "
-                    f"{g['tokens_per_s'] / base:.2f} | "
-                    f"{mib(e['memory']['max_allocated_bytes'])} | {mib(e['load']['footprint_bytes'])} | "
-                    f"{'-' if j is None else f'{j:.2f}'} |")
+    rows = ["| run (visit) | prompts | precision | TTFT ms median | decode ms/token median (p90) | tokens/s | "
+            "x fp16 tok/s (same run) | peak alloc MiB | load footprint MiB | J/token |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, visit in GENERATE_RUNS:
+        r = run(name)
+        s = r["settings"]
+        assert s["new_tokens"] == 128 and s["seq_len"] == 128 and s["warmup"] == 1 and s["batch_size"] == 1
+        ok = {p: e for p, e in r["precisions"].items() if e["status"] == "ok"}
+        base = ok["fp16"]["generate"]["tokens_per_s"]
+        for p in PRECISIONS:
+            if p not in ok:
+                continue
+            e = ok[p]
+            g = e["generate"]
+            j = (e.get("energy") or {}).get("joules_per_token")
+            prompts = g.get("distinct_prompts", 1)  # before distinct prompts, every iteration reused one
+            rows.append(f"| {name} ({visit}) | {prompts} | {p} | {g['ttft_ms']['median']:.1f} | "
+                        f"{g['decode_ms_per_token']['median']:.1f} ({g['decode_ms_per_token']['p90']:.1f}) | "
+                        f"{g['tokens_per_s']:.1f} | {g['tokens_per_s'] / base:.2f} | "
+                        f"{mib(e['memory']['max_allocated_bytes'])} | {mib(e['load']['footprint_bytes'])} | "
+                        f"{'-' if j is None else f'{j:.2f}'} |")
     return "\n".join(rows)
 
 
@@ -126,22 +137,84 @@ def memory_table(cases: list[str]) -> str:
     return "\n".join(rows)
 
 
-def agreement_table() -> str:
-    rows = ["| round | precision | qtrace median ms | plain loop median ms | qtrace / plain |",
-            "|---|---|---:|---:|---:|"]
+LOGS = Path("examples/seed/logs")
+
+
+def _jsonl(name: str) -> list[dict]:
+    return [json.loads(x) for x in (LOGS / name).read_text().splitlines() if x.strip().startswith("{")]
+
+
+def _summary(ratios: dict[str, list[float]]) -> str:
+    return "; ".join(f"{p}: median ratio {statistics.median(v):.3f} over {len(v)} pairs, "
+                     f"{sum(abs(x - 1) <= 0.05 for x in v)} of {len(v)} within 5%" for p, v in ratios.items())
+
+
+def process_pairs_table() -> str:
+    """Separate processes: `qtrace profile`, then the plain loop, per round (visits B, C, D1, D3)."""
+    rows = ["| round | batch | pinned to CPUs | precision | qtrace median ms | plain loop median ms | qtrace / plain |",
+            "|---|---:|---|---|---:|---:|---:|"]
     ratios: dict[str, list[float]] = {}
-    for log in ("plain_B.jsonl", "plain_C.jsonl"):
-        lines = [json.loads(x) for x in (Path("examples/seed/logs") / log).read_text().splitlines() if x.strip()]
-        for i, d in enumerate(lines):
+    for log in ("plain_B.jsonl", "plain_C.jsonl", "plain_D1.jsonl", "plain_D3.jsonl"):
+        for i, d in enumerate(_jsonl(log)):
             if "qtrace_median_ms" not in d:
                 continue
-            rnd = f"{log[6]}{i // 3 + 1 if log == 'plain_B.jsonl' else i // 2 + 1}"
+            rnd = d.get("round") or f"{log[6]}{i // 3 + 1 if log == 'plain_B.jsonl' else i // 2 + 1}"
+            pin = d.get("pinned", "").replace("taskset -c ", "") or "-"
             ratios.setdefault(d["precision"], []).append(d["qtrace_over_plain"])
-            rows.append(f"| {rnd} | {d['precision']} | {d['qtrace_median_ms']:.2f} | {d['median_ms']:.2f} | "
-                        f"{d['qtrace_over_plain']:.3f} |")
-    summary = "; ".join(f"{p}: median ratio {statistics.median(v):.3f} over {len(v)} rounds, "
-                        f"{sum(abs(x - 1) <= 0.05 for x in v)} of {len(v)} within 5%" for p, v in ratios.items())
-    return "\n".join(rows) + "\n\n" + summary
+            rows.append(f"| {rnd} | {d['batch_size']} | {pin} | {d['precision']} | {d['qtrace_median_ms']:.2f} | "
+                        f"{d['median_ms']:.2f} | {d['qtrace_over_plain']:.3f} |")
+    return "\n".join(rows) + "\n\n" + _summary(ratios) + "\n\n" + _same_tool_steps()
+
+
+def _same_tool_steps() -> str:
+    """A/A across processes: one tool's median against its own in the next round of the same visit."""
+    series: dict[tuple[str, str, str], list[float]] = {}
+    for log in ("plain_B.jsonl", "plain_C.jsonl", "plain_D1.jsonl", "plain_D3.jsonl"):
+        for d in _jsonl(log):
+            if "qtrace_median_ms" not in d:
+                continue
+            key = (log, f"{d['batch_size']}", d["precision"])
+            series.setdefault(key + ("qtrace",), []).append(d["qtrace_median_ms"])
+            series.setdefault(key + ("plain",), []).append(d["median_ms"])
+    steps: dict[str, list[float]] = {}
+    for (_, _, _, tool), values in series.items():
+        steps.setdefault(tool, []).extend(b / a for a, b in zip(values, values[1:], strict=False))
+    return "Same tool, next round of the same visit (A/A across processes): " + "; ".join(
+        f"{tool}: ratios {min(v):.2f}-{max(v):.2f}, {sum(abs(x - 1) <= 0.05 for x in v)} of {len(v)} within 5%"
+        for tool, v in steps.items())
+
+
+def placement_table() -> str:
+    """benchmarks/cpu_placement.py: one int8 process, its launching thread moved over every CPU."""
+    lines = _jsonl("placement_D1.jsonl")
+    summary = next(d for d in lines if d.get("summary"))
+    rows = ["| sweep | fastest CPU ms (cpu) | slowest CPU ms (cpu) | median ms | "
+            "CPUs slower than 1.3x the sweep's fastest |", "|---:|---:|---:|---:|---|"]
+    for sweep in sorted({d["sweep"] for d in lines if "sweep" in d}):
+        pts = [d for d in lines if d.get("sweep") == sweep]
+        fast = min(pts, key=lambda d: d["median_ms"])
+        slow = max(pts, key=lambda d: d["median_ms"])
+        slow_cpus = [d["cpu"] for d in pts if d["median_ms"] > 1.3 * fast["median_ms"]]
+        rows.append(f"| {sweep} | {fast['median_ms']:.1f} ({fast['cpu']}) | {slow['median_ms']:.1f} ({slow['cpu']}) | "
+                    f"{statistics.median(d['median_ms'] for d in pts):.1f} | {', '.join(map(str, slow_cpus))} |")
+    return ("\n".join(rows) + f"\n\nSlowest over fastest CPU (medians over sweeps): "
+            f"{summary['slowest_over_fastest_cpu']:.2f}x; slowest over fastest sweep: "
+            f"{summary['slowest_over_fastest_sweep']:.2f}x.")
+
+
+def interleaved_table() -> str:
+    """benchmarks/latency_agreement.py: both sides in one process, taking turns (D3, then D2)."""
+    rows = ["| visit | sides | batch | precision | turns x iters | side A median ms | plain median ms | A / plain | "
+            "median of per-turn ratios | host speed range over turns |",
+            "|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for log, visit in (("agree_D3.jsonl", "D3"), ("agree_D2.jsonl", "D2")):
+        for d in _jsonl(log):
+            rows.append(f"| {visit} | {d.get('sides', 'qtrace/plain')} | {d['batch_size']} | {d['precision']} | "
+                        f"{d['blocks']} x {d['block_iters']} | {d['qtrace_median_ms']:.2f} | "
+                        f"{d['plain_median_ms']:.2f} | "
+                        f"{d['qtrace_over_plain']:.3f} | {d['block_ratio_median']:.3f} | "
+                        f"{d['host_range_over_blocks']:.2f}x |")
+    return "\n".join(rows)
 
 
 def main() -> int:
@@ -152,8 +225,13 @@ def main() -> int:
            "## Where the slowdown comes from (qtrace compare, per profiled pass)", "",
            explanation_table(["qwen_bs1", "qwen_bs16", "mb_bs1"]), "",
            "## What is live at the allocator peak", "", memory_table(["qwen_bs1", "qwen_bs16", "mb_bs1"]), "",
-           "## Independent latency check (benchmarks/plain_latency.py, interleaved rounds)", "",
-           agreement_table(), ""]
+           "## Independent latency check", "",
+           "### Separate processes, alternating (benchmarks/plain_latency.py after qtrace profile)", "",
+           process_pairs_table(), "",
+           "### Does the launching CPU matter? (benchmarks/cpu_placement.py, int8, batch 1, visit D1)", "",
+           placement_table(), "",
+           "### One process, taking turns (benchmarks/latency_agreement.py; A/A = plain vs plain)", "",
+           interleaved_table(), ""]
     sys.stdout.write("\n".join(out))
     return 0
 
