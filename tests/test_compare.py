@@ -43,18 +43,22 @@ def as_json(comparison):
     return json.loads(json.dumps(comparison.to_dict()))
 
 
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory):
+def _make_run_folder(root, per_iter: dict[str, dict]):
     """A `qtrace profile`-style run folder around the shared fp16 and int8 traces, with measured latencies."""
-    root = tmp_path_factory.mktemp("run")
     precisions = {}
     for prec, src in (("fp16", FP16), ("int8", INT8)):
         (root / prec).mkdir()
         shutil.copy(src, root / prec / "trace.json.gz")
         precisions[prec] = {"status": "ok", "trace": f"{prec}/trace.json.gz",
-                            "latency_ms": {"per_iter": {"median": MEASURED[prec], "p90": MEASURED[prec] * 1.02}}}
+                            "latency_ms": {"per_iter": per_iter[prec]}}
     (root / "run.json").write_text(json.dumps({"settings": {}, "precisions": precisions}))
     return root
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    return _make_run_folder(tmp_path_factory.mktemp("run"),
+                            {p: {"median": m, "p90": m * 1.02} for p, m in MEASURED.items()})
 
 
 def _by_run(as_json: dict) -> dict[str, dict]:
@@ -271,6 +275,28 @@ def test_measured_waterfall_removes_profiler_cost_per_recorded_event(run_folder)
     assert len(residual) == 1
     assert mw[0]["value_us"] + sum(s["value_us"] for s in mw[1:-1]) == pytest.approx(mw[-1]["value_us"])
     assert "unexplained" in comp.measured_note
+
+
+def test_residual_is_read_against_the_timed_passes_spread(run_folder, tmp_path):
+    # Without a min, the spread is unknown and the note makes no claim about it.
+    comp = compare_reports(analyze_target(load_target(run_folder))).comparison_for("int8")
+    assert comp.run.measured_spread_ms is None and "spread" not in comp.measured_note
+    residual_ms = next(s["value_us"] for s in comp.measured_waterfall if s["kind"] == "residual") / 1000
+    assert abs(residual_ms) > 0.5
+
+    def reading(spread_each_ms: float, name: str) -> tuple[str, dict]:
+        per_iter = {p: {"median": m, "p90": m + spread_each_ms / 2, "min": m - spread_each_ms / 2}
+                    for p, m in MEASURED.items()}
+        (tmp_path / name).mkdir()
+        c = compare_reports(analyze_target(load_target(_make_run_folder(tmp_path / name, per_iter))))
+        return c.comparison_for("int8").measured_note, _by_run(json.loads(json.dumps(c.to_dict())))
+
+    # The residual itself does not depend on p90/min (medians are unchanged).
+    wide, runs = reading(abs(residual_ms), "wide")  # both runs together spread 2x the residual
+    assert "within the timed passes' own spread" in wide and f"{2 * abs(residual_ms):.2f} ms" in wide
+    assert runs["int8"]["latency"]["measured_spread_ms"] == pytest.approx(abs(residual_ms))
+    narrow, _ = reading(abs(residual_ms) / 4, "narrow")
+    assert "exceeds the timed passes' own spread" in narrow
 
 
 def test_energy_per_example_from_run_json_in_runs_and_table(tmp_path):

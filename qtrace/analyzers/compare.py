@@ -63,6 +63,7 @@ class RunFigures:
     trace_ms: float  # profiled latency per pass from the trace (step median, or span per unit)
     trace_ms_source: str
     events: pd.Series  # host events the profiler recorded per phase (ops, annotations, runtime calls), scaled
+    measured_spread_ms: float | None = None  # p90 - min of the un-profiled timed pass, per iteration
 
     @property
     def source(self) -> str:
@@ -206,6 +207,19 @@ def measured_latency_ms(report: TraceReport) -> float | None:
     return None
 
 
+def measured_spread_ms(report: TraceReport) -> float | None:
+    """p90 - min of the un-profiled per-iteration latency: how far the timed pass itself moved.
+
+    On a host whose CPU speed drifts, a host-bound pass moves with it; this spread is the size
+    of a measured delta that timing noise alone can produce (used to read the residual).
+    """
+    lat = ((report.measured or {}).get("latency_ms") or {}).get("per_iter") or {}
+    p90, low = lat.get("p90"), lat.get("min")
+    if all(isinstance(v, int | float) and math.isfinite(v) for v in (p90, low)) and p90 >= low:
+        return float(p90 - low)
+    return None
+
+
 # --- figures -----------------------------------------------------------------------------------
 
 
@@ -242,7 +256,7 @@ def _figures(report: TraceReport, label: str, passes: int | None, passes_source:
     return RunFigures(label=label, report=report, passes=passes, passes_source=passes_source, scale=scale,
                       per_pass=per_pass, phases=table, host=host, gpu_time_us=gpu_time,
                       measured_ms=measured_latency_ms(report), trace_ms=trace_ms, trace_ms_source=trace_src,
-                      events=host_events(report.trace) * scale)
+                      events=host_events(report.trace) * scale, measured_spread_ms=measured_spread_ms(report))
 
 
 def host_events(trace: Any) -> pd.Series:
@@ -374,8 +388,20 @@ def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict
     note = (f"GPU bars as traced; each host bar minus the profiler's cost of its extra recorded events "
             f"({cost:.2f} µs per event, from the baseline: (traced - measured) / events); the trace explains "
             + (f"{share:.0%} of the measured delta" if share is not None else "a zero measured delta")
-            + f", {residual / 1000:+.2f} ms is left unexplained")
+            + f", {residual / 1000:+.2f} ms is left unexplained" + residual_reading(base, run, residual))
     return out, note
+
+
+def residual_reading(base: RunFigures, run: RunFigures, residual_us: float) -> str:
+    """Whether timing noise alone can account for the residual: compared with the timed passes' spread."""
+    if base.measured_spread_ms is None or run.measured_spread_ms is None:
+        return ""
+    spread = base.measured_spread_ms + run.measured_spread_ms
+    if abs(residual_us) / 1000.0 <= spread:
+        return (f"; that is within the timed passes' own spread ({spread:.2f} ms, p90 - min of both runs), "
+                "so timing noise can account for it")
+    return (f"; that exceeds the timed passes' own spread ({spread:.2f} ms, p90 - min of both runs): the "
+            "host's speed changed between the timed and the profiled passes, or the model misses a cost")
 
 
 # --- memory (issue 4's section, when present) --------------------------------------------------
@@ -569,7 +595,8 @@ def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
         "passes_source": fig.passes_source,
         "gpu_time_us": fig.gpu_time_us,
         "gpu_time_us_window": float(fig.report.gpu_time_us),
-        "latency": {"measured_ms": fig.measured_ms, "trace_ms": fig.trace_ms, "trace_source": fig.trace_ms_source,
+        "latency": {"measured_ms": fig.measured_ms, "measured_spread_ms": fig.measured_spread_ms,
+                    "trace_ms": fig.trace_ms, "trace_source": fig.trace_ms_source,
                     "profiler_inflation": fig.inflation},
         "energy": (fig.report.measured or {}).get("energy"),
         "host": {k: _num(v) if k in ("launches", "syncs") else float(v) for k, v in fig.host.items()},
