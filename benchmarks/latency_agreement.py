@@ -1,8 +1,9 @@
 """qtrace's timed pass against the plain loop, interleaved in one process so host drift hits both alike.
 
-Why: on the shared H100 host the launching CPU's speed swings by up to 1.7x within seconds
-(benchmarks/cpu_placement.py, examples/seed/README.md), and a batch-1 forward is host-bound, so two
-processes run a minute apart cannot agree within 5% whatever they measure. Here both sides live
+Why: on the shared H100 host the launching CPU's speed moved 1.4x within 20 seconds, on every
+CPU (benchmarks/cpu_placement.py, examples/seed/README.md), and a batch-1 forward is host-bound, so
+two processes run a minute apart rarely agree within 5% whatever they measure (the same tool
+against itself did in 2 of 25 rounds). Here both sides live
 in one process and take turns in short blocks (order alternating: Q P, P Q, ...), so every
 stretch of fast or slow host is shared out evenly (--control puts a second plain copy in qtrace's
 seat: the A/A noise floor of the same design):
