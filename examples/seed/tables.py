@@ -152,33 +152,41 @@ def _summary(ratios: dict[str, list[float]]) -> str:
                      f"{sum(abs(x - 1) <= 0.05 for x in v)} of {len(v)} within 5%" for p, v in ratios.items())
 
 
+PAIR_LOGS = ("plain_B.jsonl", "plain_C.jsonl", "plain_D1.jsonl", "plain_D3.jsonl")
+
+
+def _process_pairs() -> list[tuple[str, str, dict]]:
+    """(log, round name, line) for every qtrace/plain pair of the separate-process rounds."""
+    pairs = []
+    for log in PAIR_LOGS:
+        for i, d in enumerate(_jsonl(log)):
+            if "qtrace_median_ms" in d:
+                rnd = d.get("round") or f"{log[6]}{i // 3 + 1 if log == 'plain_B.jsonl' else i // 2 + 1}"
+                pairs.append((log, rnd, d))
+    return pairs
+
+
 def process_pairs_table() -> str:
     """Separate processes: `qtrace profile`, then the plain loop, per round (visits B, C, D1, D3)."""
     rows = ["| round | batch | pinned to CPUs | precision | qtrace median ms | plain loop median ms | qtrace / plain |",
             "|---|---:|---|---|---:|---:|---:|"]
     ratios: dict[str, list[float]] = {}
-    for log in ("plain_B.jsonl", "plain_C.jsonl", "plain_D1.jsonl", "plain_D3.jsonl"):
-        for i, d in enumerate(_jsonl(log)):
-            if "qtrace_median_ms" not in d:
-                continue
-            rnd = d.get("round") or f"{log[6]}{i // 3 + 1 if log == 'plain_B.jsonl' else i // 2 + 1}"
-            pin = d.get("pinned", "").replace("taskset -c ", "") or "-"
-            ratios.setdefault(d["precision"], []).append(d["qtrace_over_plain"])
-            rows.append(f"| {rnd} | {d['batch_size']} | {pin} | {d['precision']} | {d['qtrace_median_ms']:.2f} | "
-                        f"{d['median_ms']:.2f} | {d['qtrace_over_plain']:.3f} |")
-    return "\n".join(rows) + "\n\n" + _summary(ratios) + "\n\n" + _same_tool_steps()
+    pairs = _process_pairs()
+    for _, rnd, d in pairs:
+        pin = d.get("pinned", "").replace("taskset -c ", "") or "-"
+        ratios.setdefault(d["precision"], []).append(d["qtrace_over_plain"])
+        rows.append(f"| {rnd} | {d['batch_size']} | {pin} | {d['precision']} | {d['qtrace_median_ms']:.2f} | "
+                    f"{d['median_ms']:.2f} | {d['qtrace_over_plain']:.3f} |")
+    return "\n".join(rows) + "\n\n" + _summary(ratios) + "\n\n" + _same_tool_steps(pairs)
 
 
-def _same_tool_steps() -> str:
+def _same_tool_steps(pairs: list[tuple[str, str, dict]]) -> str:
     """A/A across processes: one tool's median against its own in the next round of the same visit."""
-    series: dict[tuple[str, str, str], list[float]] = {}
-    for log in ("plain_B.jsonl", "plain_C.jsonl", "plain_D1.jsonl", "plain_D3.jsonl"):
-        for d in _jsonl(log):
-            if "qtrace_median_ms" not in d:
-                continue
-            key = (log, f"{d['batch_size']}", d["precision"])
-            series.setdefault(key + ("qtrace",), []).append(d["qtrace_median_ms"])
-            series.setdefault(key + ("plain",), []).append(d["median_ms"])
+    series: dict[tuple[str, str, str, str], list[float]] = {}
+    for log, _, d in pairs:
+        key = (log, f"{d['batch_size']}", d["precision"])
+        series.setdefault(key + ("qtrace",), []).append(d["qtrace_median_ms"])
+        series.setdefault(key + ("plain",), []).append(d["median_ms"])
     steps: dict[str, list[float]] = {}
     for (_, _, _, tool), values in series.items():
         steps.setdefault(tool, []).extend(b / a for a, b in zip(values, values[1:], strict=False))
