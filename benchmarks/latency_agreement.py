@@ -8,7 +8,7 @@ in one process and take turns in short blocks (order alternating: Q P, P Q, ...)
 stretch of fast or slow host is shared out evenly (--control puts a second plain copy in qtrace's
 seat: the A/A noise floor of the same design):
 
-- qtrace side: `qtrace.models.load_model` + `capture.make_workload` + `capture.warm_up` +
+- qtrace side: `qtrace.capture.models.load_model` + `capture.make_workload` + `capture.warm_up` +
   `capture.timed_pass`, the functions `qtrace profile` runs for its latency figure;
 - plain side: plain_latency.py's own loader, inputs and CUDA-event loop (no qtrace code).
 
@@ -34,8 +34,9 @@ import torch
 from plain_latency import load as plain_load  # same directory: the independent side
 from plain_latency import time_forward as plain_time
 
-from qtrace import capture, models
-from qtrace.device import environment, resolve_device
+from qtrace.capture import models
+from qtrace.capture import protocol as capture
+from qtrace.capture.environment import environment, resolve_device
 
 
 def _median_abs_log_step(values: list[float]) -> float:

@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 # Public names resolved on first use, so `import qtrace` stays light (no torch, no
 # transformers) for the trace-analysis side on machines without them.
 _LAZY = {
-    "profile": ("qtrace.api", "profile"),
-    "ProfileResult": ("qtrace.api", "ProfileResult"),
+    "profile": ("qtrace.capture.runner", "profile"),
+    "ProfileResult": ("qtrace.capture.runner", "ProfileResult"),
     "QtraceError": ("qtrace.errors", "QtraceError"),
 }
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from qtrace.models import PRESETS, save_checkpoint
+from qtrace.capture.models import PRESETS, save_checkpoint
 
 _ROOT = Path(tempfile.mkdtemp(prefix="qtrace-test-models-"))
 atexit.register(shutil.rmtree, _ROOT, True)

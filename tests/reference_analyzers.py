@@ -10,8 +10,8 @@ import pandas as pd
 
 from qtrace.analyzers.attribution import _OPS_CHAIN_DEPTH, _STEP_RE, ASYNC_COPY_CALLS, SYNC_CALLS, window
 from qtrace.analyzers.host import OUTSIDE_OPS, busy_intervals, covered_in
-from qtrace.taxonomy import MODULE_ANNOTATION_PREFIX, classify, group_of
-from qtrace.trace import Trace
+from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
+from qtrace.tracefile.kineto import Trace
 
 
 def _cache(trace: Trace) -> dict:
@@ -66,7 +66,7 @@ def op_contexts(trace: Trace) -> pd.DataFrame:
             contexts.append((bnb, below, module, chain, step, step_name))
             ctx_index[key] = cid
         ctx_of[r] = cid
-    table = pd.DataFrame(contexts, columns=["bnb", "below_bnb", "module", "chain", "step", "step_name"])
+    table = pd.DataFrame(contexts, columns=["quant_op", "below_quant_op", "module", "chain", "step", "step_name"])
     table["ops"] = ["/".join(c) for c in table["chain"]]
     table = table.drop(columns="chain")
     out = table.iloc[ctx_of].reset_index(drop=True)
@@ -155,13 +155,13 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
 def _contexts_for(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     """Op contexts for each row of `op_rows` (-1 = no enclosing op: an empty context)."""
     ctx = op_contexts(trace)
-    cols = ["bnb", "below_bnb", "module", "ops", "step", "step_name"]
+    cols = ["quant_op", "below_quant_op", "module", "ops", "step", "step_name"]
     if len(ctx) == 0:
         return pd.DataFrame({c: ([-1] if c == "step" else [""]) * len(op_rows) for c in cols})
     picked = ctx.iloc[np.clip(op_rows, 0, None)][cols].reset_index(drop=True)
     missing = op_rows < 0
     if missing.any():
-        picked.loc[missing, ["bnb", "below_bnb", "module", "ops", "step_name"]] = ""
+        picked.loc[missing, ["quant_op", "below_quant_op", "module", "ops", "step_name"]] = ""
         picked.loc[missing, "step"] = -1
     return picked
 

@@ -14,10 +14,10 @@ from _cli import run_cli
 from _synthetic_trace import stepped_trace, write_trace
 
 from qtrace.analyzers.attribution import gpu_phases
+from qtrace.analyzers.phase_rules import PHASES, group_of
 from qtrace.analyzers.phases import gpu_time_us, phase_table
-from qtrace.annotate import PHASE_CAT, PROCESS_NAME, write_annotated_trace
-from qtrace.taxonomy import PHASES, group_of
-from qtrace.trace import load_trace
+from qtrace.reports.perfetto import PHASE_CAT, PROCESS_NAME, write_annotated_trace
+from qtrace.tracefile.kineto import load_trace
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 INT8 = TRACES / "h100_qwen05-shape_int8_bs1_seq128.json.gz"

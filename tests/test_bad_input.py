@@ -224,7 +224,7 @@ def test_oom_in_one_precision_keeps_the_others(tmp_path: Path, monkeypatch: pyte
     from _qtrace_tiny import tiny_checkpoint
 
     import qtrace
-    from qtrace import models
+    from qtrace.capture import models
 
     real_load = models.load_model
 

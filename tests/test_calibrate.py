@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qtrace.calibrate import format_table, show_cached
-from qtrace.devices import calibration_path, match_device, save_calibration
+from qtrace.capture.calibrate import format_table, show_cached
+from qtrace.gpu_peaks import calibration_path, match_device, save_calibration
 
 REPO = Path(__file__).resolve().parent.parent
 

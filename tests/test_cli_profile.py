@@ -13,7 +13,7 @@ import pytest
 from _cli import run_cli
 from _qtrace_tiny import tiny_checkpoint
 
-from qtrace.models import PRESETS
+from qtrace.capture.models import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ from _cli import run_cli
 from _synthetic_trace import stepped_trace, write_trace
 
 from qtrace.analyzers.compare import compare_reports, pass_count, run_labels
+from qtrace.analyzers.phase_rules import PHASES
+from qtrace.analyzers.trace_analysis import analyze_target, analyze_trace, load_target
 from qtrace.errors import QtraceError
-from qtrace.report import analyze_target, analyze_trace, load_target
-from qtrace.taxonomy import PHASES
-from qtrace.trace import load_trace
+from qtrace.tracefile.kineto import load_trace
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 INT8 = TRACES / "h100_qwen05-shape_int8_bs1_seq128.json.gz"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qtrace.devices import (
+from qtrace.gpu_peaks import (
     KNOWN_DEVICES,
     PEAK_FIELDS,
     calibration_path,

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from qtrace import energy
-from qtrace.energy import EnergyMeter, energy_block, energy_line
+from qtrace.capture import energy
+from qtrace.capture.energy import EnergyMeter, energy_block, energy_line
 
 
 def _real_nvml_gpu() -> bool:
@@ -132,9 +132,9 @@ def test_real_counter_reads():  # pragma: no cover - GPU machines only
 def test_report_headline_shows_energy_from_run_json():
     from pathlib import Path
 
-    from qtrace.report import analyze_trace
+    from qtrace.analyzers.trace_analysis import analyze_trace
     from qtrace.reports.trace_report import headline
-    from qtrace.trace import load_trace
+    from qtrace.tracefile.kineto import load_trace
 
     tr = load_trace(Path(__file__).resolve().parent.parent / "traces" / "h100_qwen05-shape_int8_bs1_seq128.json.gz")
     measured = {"energy": {"joules_per_iter": 3.2, "joules_per_example": 3.2, "joules_per_token": None,

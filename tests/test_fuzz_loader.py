@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qtrace.errors import QtraceError
-from qtrace.trace import Trace, load_trace
+from qtrace.tracefile.kineto import Trace, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "traces" / "h100_qwen05-shape_int8_bs1_seq128.json.gz"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from synthetic_traces import random_events, write_trace
 
 from qtrace.analyzers import attribution, host
-from qtrace.trace import TraceFormatError, load_trace
+from qtrace.tracefile.kineto import TraceFormatError, load_trace
 
 TRACES = sorted((Path(__file__).resolve().parent.parent / "traces").glob("*.json.gz"))
 FUNCS = ("op_contexts", "gpu_phases", "op_phases", "runtime_phases")

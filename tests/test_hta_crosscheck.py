@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from qtrace.analyzers.crosscheck import hta_convention
-from qtrace.report import analyze_trace
-from qtrace.trace import load_trace
+from qtrace.analyzers.trace_analysis import analyze_trace
+from qtrace.tracefile.kineto import load_trace
 
 hta_analysis = pytest.importorskip("hta.trace_analysis")  # installed by the test set-up ([hta] extra)
 

@@ -15,12 +15,12 @@ import pytest
 from _synthetic_trace import stepped_trace, write_trace
 
 from qtrace.analyzers.compare import compare_reports
+from qtrace.analyzers.phase_rules import PHASE_ORDER
+from qtrace.analyzers.trace_analysis import analyze_trace
 from qtrace.cli import main
-from qtrace.report import analyze_trace
 from qtrace.reports import charts
 from qtrace.reports.html import compare_charts, compare_html, report_html
-from qtrace.taxonomy import PHASE_ORDER
-from qtrace.trace import load_trace
+from qtrace.tracefile.kineto import load_trace
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 FP16 = TRACES / "h100_qwen05-shape-outliers_fp16_bs1_seq128.json.gz"

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synthetic_traces import random_events, write_trace
 
-from qtrace import trace as qt
-from qtrace.report import analyze_trace
+from qtrace.analyzers.trace_analysis import analyze_trace
 from qtrace.reports import trace_report
+from qtrace.tracefile import kineto as qt
 
 TRACES = sorted((Path(__file__).resolve().parent.parent / "traces").glob("*.json.gz"))
 TABLES = ("ops", "runtime", "gpu", "memory")

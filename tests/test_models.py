@@ -10,7 +10,7 @@ import pytest
 import torch
 from _qtrace_tiny import TINY, tiny_checkpoint
 
-from qtrace import models
+from qtrace.capture import models
 from qtrace.errors import QtraceError
 
 CPU = torch.device("cpu")

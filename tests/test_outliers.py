@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from qtrace.analyzers import outliers
 from qtrace.analyzers.phases import phase_table
-from qtrace.report import analyze_trace
+from qtrace.analyzers.trace_analysis import analyze_trace
+from qtrace.backends.bitsandbytes import outliers
 from qtrace.reports.trace_report import render_markdown
-from qtrace.trace import load_trace
+from qtrace.tracefile.kineto import load_trace
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 INT8 = TRACES / "h100_qwen05-shape_int8_bs1_seq128.json.gz"

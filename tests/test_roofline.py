@@ -12,18 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from qtrace.analyzers import roofline
+from qtrace.analyzers import roofline, shapes
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.devices import calibration_path, peaks_for
-from qtrace.report import analyze_trace
-from qtrace.trace import load_trace
+from qtrace.analyzers.trace_analysis import analyze_trace
+from qtrace.backends.bitsandbytes import work as bnb_work
+from qtrace.gpu_peaks import calibration_path, peaks_for
+from qtrace.tracefile.kineto import load_trace
 
 REPO = Path(__file__).resolve().parent.parent
 TRACES = REPO / "traces"
 INT8 = TRACES / "h100_qwen05-shape_int8_bs1_seq128.json.gz"
 FP16 = TRACES / "h100_qwen05-shape-outliers_fp16_bs1_seq128.json.gz"
 NF4 = TRACES / "h100_modernbert-shape-outliers_nf4_bs1_seq128.json.gz"
-H100_BW = 3350e9  # the H100 SXM datasheet, as in qtrace.devices
+H100_BW = 3350e9  # the H100 SXM datasheet, as in qtrace.gpu_peaks
 H100_FP16 = 989.5e12
 H100_INT8 = 1979e12
 
@@ -251,15 +252,15 @@ def test_cli_report_json_and_markdown(tmp_path):
 
 
 def _args(dims, types):
-    return roofline.parse_args(json.dumps(dims).encode(), json.dumps(types).encode())
+    return shapes.parse_args(json.dumps(dims).encode(), json.dumps(types).encode())
 
 
 def test_parse_args_kinds():
     a = _args([[2, 3], [], [[1, 2], [3, 4]], [5]], ["c10::Half", "Scalar", "TensorList", "weird_type"])
     assert a[0].shape == [2, 3] and a[0].nbytes == 12
     assert a[1] is None and isinstance(a[2], list) and a[3].nbytes is None
-    assert roofline.parse_args(None, b"[]") is None
-    assert roofline.parse_args(b"[[1]]", b'["float", "float"]') is None  # lengths disagree
+    assert shapes.parse_args(None, b"[]") is None
+    assert shapes.parse_args(b"[[1]]", b'["float", "float"]') is None  # lengths disagree
 
 
 def test_pointwise_broadcast_and_inplace():
@@ -288,7 +289,7 @@ def test_gemm_models():
     w = roofline.aten_work("aten::_int_mm", _args([[32, 64], [64, 16]], ["signed char", "signed char"]))
     assert w.int_ops == 2 * 32 * 64 * 16 and w.flops is None and w.bytes == 32 * 64 + 64 * 16 + 4 * 32 * 16
     args = _args([[128, 896], [128], [896], [], [896]], ["int", "float", "float", "Scalar", "c10::Half"])
-    w = roofline.bnb_work("bitsandbytes::int8_mm_dequant", "kdequant_mm_int32_fp16<4, 512>", args, "c10::Half")
+    w = bnb_work.kernel_work("bitsandbytes::int8_mm_dequant", "kdequant_mm_int32_fp16<4, 512>", args, "c10::Half")
     assert w.bytes == 4 * 128 * 896 + 4 * 128 + 4 * 896 + 2 * 896 + 2 * 128 * 896
 
 

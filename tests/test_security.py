@@ -148,8 +148,8 @@ def test_profile_resolves_hub_ids_offline(monkeypatch: pytest.MonkeyPatch, tmp_p
     attempts = block_network(monkeypatch)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    from qtrace.capture.models import resolve_model
     from qtrace.errors import QtraceError
-    from qtrace.models import resolve_model
 
     with pytest.raises(QtraceError, match="not in the local Hugging Face cache"):
         resolve_model("someorg/some-model")
@@ -179,7 +179,7 @@ def test_profile_of_a_local_checkout_never_dials_out(monkeypatch: pytest.MonkeyP
 
 def test_trust_remote_code_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The CLI passes trust_remote_code=False by default and True only with --trust-remote-code."""
-    import qtrace.api
+    import qtrace.capture.runner
     from qtrace.cli import main
 
     seen: list[bool] = []
@@ -191,12 +191,12 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch, 
         seen.append(kwargs["trust_remote_code"])
         raise Stop
 
-    monkeypatch.setattr(qtrace.api, "profile", fake_profile)
+    monkeypatch.setattr(qtrace.capture.runner, "profile", fake_profile)
     for extra in ([], ["--trust-remote-code"]):
         with pytest.raises(Stop):
             main(["profile", "tiny-llama", "--device", "cpu", "--out", str(tmp_path / "r"), *extra])
     assert seen == [False, True]
-    assert qtrace.api.Settings().trust_remote_code is False
+    assert qtrace.capture.runner.Settings().trust_remote_code is False
 
 
 def test_model_loading_never_passes_remote_code_or_unpickles_by_default(monkeypatch: pytest.MonkeyPatch,
@@ -205,7 +205,7 @@ def test_model_loading_never_passes_remote_code_or_unpickles_by_default(monkeypa
     pytest.importorskip("torch")
     import transformers
 
-    from qtrace import models
+    from qtrace.capture import models
 
     calls: list[tuple[str, dict]] = []
 
@@ -282,7 +282,7 @@ def test_outlier_layer_table_escapes_step_and_layer_names() -> None:
     """The LLM.int8 outlier table names layers and steps from trace annotations."""
     import pandas as pd
 
-    from qtrace.analyzers import outliers
+    from qtrace.backends.bitsandbytes import outliers
 
     layers = pd.DataFrame([{"module": f"layers.0|{SCRIPT}", "step": 3, "step_name": f"decode|{IMG}", "calls": 2,
                             "K": 64, "N": 128, "k": 1, "share": 1 / 64, "outlier_gpu_us": 1.5,

@@ -12,8 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qtrace.errors import QtraceError
-from qtrace.sweep import (
+from qtrace.capture.sweep import (
     baseline_of,
     crossovers,
     frame,
@@ -24,6 +23,7 @@ from qtrace.sweep import (
     to_markdown,
     write_outputs,
 )
+from qtrace.errors import QtraceError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from qtrace.analyzers.compare import compare_reports, comparison_to_dict, profiler_cost_per_event_us
-from qtrace.report import analyze_target, load_target
+from qtrace.analyzers.trace_analysis import analyze_target, load_target
 
 SEED = Path("traces/seed")
 PRECISIONS = ("fp16", "int8", "nf4")

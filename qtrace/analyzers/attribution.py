@@ -1,7 +1,7 @@
 """Which phase each GPU event, host op and runtime call belongs to.
 
 The question: "for this event, which quantization phase was running?". The rules live in
-`qtrace.taxonomy`; this module reads each event's context (op ancestry, module annotations,
+`qtrace.analyzers.phase_rules`; this module reads each event's context (op ancestry, module annotations,
 kernel name) from the trace and applies them. Results are cached on the Trace, since every
 other analyzer starts from them.
 """
@@ -13,8 +13,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from qtrace.taxonomy import MODULE_ANNOTATION_PREFIX, classify, group_of
-from qtrace.trace import Trace
+from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
+from qtrace.backends import OP_PREFIXES
+from qtrace.tracefile.kineto import Trace
 
 _OPS_CHAIN_DEPTH = 6  # innermost host ops kept in the `ops` context: enough for aten::mm < matmul < linear
 _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
@@ -57,7 +58,7 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
         return cache["op_context_table"]
     ops = trace.ops
     n = len(ops)
-    # context tuple: (bnb, below_bnb, module, ops_chain_tuple, step, step_name)
+    # context tuple: (quant_op, below_quant_op, module, ops_chain_tuple, step, step_name)
     empty = ("", "", "", (), -1, "")
     contexts: list[tuple] = [empty]
     ctx_of = np.zeros(n, dtype=np.int64)
@@ -89,7 +90,7 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
                     ctx_index[key] = cid
                 ids[j] = cid
             ctx_of[rows] = ids[inverse.ravel()]
-    table = pd.DataFrame(contexts, columns=["bnb", "below_bnb", "module", "chain", "step", "step_name"])
+    table = pd.DataFrame(contexts, columns=["quant_op", "below_quant_op", "module", "chain", "step", "step_name"])
     table["ops"] = ["/".join(c) for c in table["chain"]]
     table = table.drop(columns="chain")
     cache["op_context_table"] = (table, ctx_of)
@@ -98,11 +99,11 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _child_context(parent_ctx: tuple, name: str, cat: str) -> tuple:
     """The context inside a range `name` of category `cat` whose parent's context is `parent_ctx`."""
-    bnb, below, module, chain, step, step_name = parent_ctx
+    quant_op, below, module, chain, step, step_name = parent_ctx
     if cat == "cpu_op":
-        if name.startswith("bitsandbytes::"):
-            bnb, below = name, ""
-        elif bnb:
+        if name.startswith(OP_PREFIXES):
+            quant_op, below = name, ""
+        elif quant_op:
             below = f"{below}/{name}" if below else name
         chain = ((name,) + chain)[:_OPS_CHAIN_DEPTH]
     elif cat == "user_annotation":
@@ -114,11 +115,11 @@ def _child_context(parent_ctx: tuple, name: str, cat: str) -> tuple:
                 step = int(m.group(1))
             elif name.startswith("qtrace.step:"):
                 step_name = name[len("qtrace.step:"):]
-    return (bnb, below, module, chain, step, step_name)
+    return (quant_op, below, module, chain, step, step_name)
 
 
 def op_contexts(trace: Trace) -> pd.DataFrame:
-    """Per host range: bnb, below_bnb, module, ops (classification context), step and step_name.
+    """Per host range: quant_op, below_quant_op, module, ops (classification context), step and step_name.
 
     One pass over the ranges, parents before children, building each context from its parent's.
     Contexts are interned, so a trace with a million ops keeps a few thousand distinct ones.
@@ -244,12 +245,12 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
 def _contexts_for(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     """Op contexts for each row of `op_rows` (-1 = no enclosing op: an empty context)."""
     ctx = op_contexts(trace)
-    cols = ["bnb", "below_bnb", "module", "ops", "step", "step_name"]
+    cols = ["quant_op", "below_quant_op", "module", "ops", "step", "step_name"]
     if len(ctx) == 0:
         return pd.DataFrame({c: ([-1] if c == "step" else [""]) * len(op_rows) for c in cols})
     picked = ctx.iloc[np.clip(op_rows, 0, None)][cols].reset_index(drop=True)
     missing = op_rows < 0
     if missing.any():
-        picked.loc[missing, ["bnb", "below_bnb", "module", "ops", "step_name"]] = ""
+        picked.loc[missing, ["quant_op", "below_quant_op", "module", "ops", "step_name"]] = ""
         picked.loc[missing, "step"] = -1
     return picked

@@ -34,8 +34,8 @@ from typing import Any
 import pandas as pd
 
 from qtrace.analyzers.attribution import op_phases, runtime_phases
-from qtrace.report import TraceReport
-from qtrace.taxonomy import PHASE_ORDER, group_of
+from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
+from qtrace.analyzers.trace_analysis import TraceReport
 
 DELTA_FIELDS = ("gpu_time_us", "cpu_time_us", "launches", "host_syncs", "host_sync_us", "exposed_us")
 HOST_FIELDS = ("span_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us")
@@ -70,6 +70,11 @@ class RunFigures:
         return self.report.source
 
     @property
+    def joules_per_example(self) -> float | None:
+        """NVML energy per example of the un-profiled timed pass (run.json), if measured."""
+        return energy_per_example_j(self.report)
+
+    @property
     def precision(self) -> str | None:
         return self.report.precision
 
@@ -95,6 +100,11 @@ class RunComparison:
     trace_waterfall: list[dict[str, Any]]
     measured_waterfall: list[dict[str, Any]] | None
     measured_note: str | None
+
+    @property
+    def memory_delta(self) -> dict[str, float]:
+        """Peak and resident memory of the run minus the baseline's (empty where unknown)."""
+        return memory_totals_delta(self.baseline, self.run)
 
 
 @dataclass

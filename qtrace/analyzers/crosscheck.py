@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from qtrace.analyzers.host import merge_intervals
-from qtrace.trace import Trace
+from qtrace.tracefile.kineto import Trace
 
 
 def hta_convention(trace: Trace) -> dict[str, float]:

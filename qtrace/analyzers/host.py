@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
-from qtrace.trace import Trace
+from qtrace.tracefile.kineto import Trace
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
 GPU_BOUND_IDLE_SHARE = 0.1

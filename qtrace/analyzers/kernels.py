@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.trace import Trace
+from qtrace.tracefile.kineto import Trace
 
 KERNEL_COLUMNS = ["name", "phase", "kind", "count", "gpu_time_us", "mean_us", "share"]
 

@@ -36,9 +36,10 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import op_contexts, op_phases
-from qtrace.reports.fmt import md_escape, md_table
-from qtrace.taxonomy import PHASE_ORDER, group_of
-from qtrace.trace import Trace
+from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
+from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
+from qtrace.markup import md_escape, md_table
+from qtrace.tracefile.kineto import Trace
 
 RESIDENT = "resident"  # bytes allocated before the profiled window and still live
 OUTSIDE_OPS = "other"  # allocations made while no host op ran: same label as host.py uses
@@ -53,40 +54,9 @@ PHASE_KEYS = ["phase", "group", "kind", "allocs", "alloc_bytes", "transient_byte
 # --- tensor kinds ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class KindRule:
-    """An allocation is `kind` when every given pattern is found in its context field.
-
-    Context of an allocation: ``phase`` of the allocating op; ``ops``, the op chain innermost
-    first, ``/``-joined (as in the phase rules); ``bnb_phase``, the phase of the innermost
-    enclosing ``bitsandbytes::`` op ("" if none). The last one tells NF4's fused path (the
-    ``aten::empty`` under gemm_4bit is the GEMM output) from the dequant path (it is the [N, K]
-    fp16 weight buffer), which the allocating op alone cannot.
-    """
-
-    kind: str
-    phase: str
-    ops: str | None = None
-    bnb_phase: str | None = None
-
-
-# First match wins. What each op allocates is read from bitsandbytes 0.50.x (see docs/phases.md).
+# First match wins: each backend's kinds (what its ops allocate), then the model's.
 KINDS: list[KindRule] = [
-    # LLM.int8
-    KindRule("outlier column indices", r"^int8\.outlier_detect$", ops=r"^aten::(nonzero|argwhere)\b"),
-    KindRule("outlier check temporaries", r"^int8\.outlier_detect$"),  # |A|, the >= mask, any() flags
-    KindRule("outlier column indices", r"^int8\.act_quant$", ops=r"index_put_|^aten::nonzero\b"),
-    KindRule("int8 activations", r"^int8\.act_quant$"),  # int8 [T, K] + fp32 row scales [T]
-    KindRule("outlier columns", r"^int8\.outlier_gather$"),  # A[:, cols] fp16, CB[:, cols] and its dequant
-    KindRule("int32 accumulator", r"^int8\.gemm$"),
-    KindRule("dequantized output", r"^int8\.dequant$"),
-    KindRule("outlier GEMM output", r"^int8\.outlier_gemm$"),
-    # NF4
-    KindRule("4-bit GEMM output", r"^nf4\.", ops=r"^aten::empty(/|$)", bnb_phase=r"^nf4\.fused_gemm$"),
-    KindRule("dequantized weight", r"^nf4\.dequant$", ops=r"^aten::empty(/|$)"),  # the [N, K] buffer
-    KindRule("dequantized scales", r"^nf4\.dequant$", ops=r"^aten::(empty_like|empty_strided|add)\b"),
-    KindRule("dequant buffers", r"^nf4\.dequant$"),
-    KindRule("4-bit GEMM output", r"^nf4\.fused_gemm$"),
+    *(kind for b in BACKENDS for kind in b.memory_kinds),
     # the model
     KindRule("GEMM output", r"^dense\.gemm$"),
     KindRule("attention buffers", r"^attention$"),
@@ -101,10 +71,10 @@ UNKNOWN_KIND = "unknown"
 RESIDENT_KIND = "allocated before the window"
 
 
-def _kind_of(phase: str, ops: str, bnb_phase: str) -> str:
-    ctx = {"phase": phase, "ops": ops, "bnb_phase": bnb_phase}
+def _kind_of(phase: str, ops: str, quant_op_phase: str) -> str:
+    ctx = {"phase": phase, "ops": ops, "quant_op_phase": quant_op_phase}
     for rule in KINDS:
-        pats = {"phase": rule.phase, "ops": rule.ops, "bnb_phase": rule.bnb_phase}
+        pats = {"phase": rule.phase, "ops": rule.ops, "quant_op_phase": rule.quant_op_phase}
         if all(p is None or re.search(p, ctx[k]) for k, p in pats.items()):
             return rule.kind
     return UNKNOWN_KIND
@@ -122,20 +92,20 @@ def device_label(device_type: int, device_id: int) -> str:
     return name if device_type == CPU else f"{name}:{device_id}"
 
 
-def _bnb_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
-    """Row of the innermost `bitsandbytes::` op enclosing (or being) each op in `rows` (-1 if none)."""
+def _quant_op_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
+    """Row of the innermost backend op (e.g. `bitsandbytes::`) enclosing or being each op in `rows` (-1 if none)."""
     ops = trace.ops
     n = len(ops)
     rows = np.asarray(rows, dtype=np.int64)
     if not n or not len(rows):
         return np.full(len(rows), -1, dtype=np.int64)
     codes, names = pd.factorize(ops["name"].to_numpy(dtype=object), use_na_sentinel=False)
-    is_bnb = np.array([str(x).startswith("bitsandbytes::") for x in names], dtype=bool)[codes]
+    is_quant_op = np.array([str(x).startswith(OP_PREFIXES) for x in names], dtype=bool)[codes]
     parent = ops["parent"].to_numpy()
-    # For every op at once, level by level up the tree: a bnb op is its own answer, a root that is
+    # For every op at once, level by level up the tree: a backend op is its own answer, a root that is
     # not one has none, any other op has its parent's (vectorized; a tree has few levels).
     unknown = -2
-    found = np.where(is_bnb, np.arange(n), np.where(parent < 0, -1, unknown))
+    found = np.where(is_quant_op, np.arange(n), np.where(parent < 0, -1, unknown))
     todo = np.flatnonzero(found == unknown)
     while len(todo):
         up = found[parent[todo]]
@@ -159,15 +129,16 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     ctx = op_contexts(trace)
     rows = op_rows[has]
     phase = ops["phase"].to_numpy(dtype=object)
-    bnb = _bnb_rows(trace, rows)
-    bnb_phase = np.where(bnb >= 0, phase[np.clip(bnb, 0, None)], "")
-    keys = pd.DataFrame({"phase": phase[rows], "ops": ctx["ops"].to_numpy(dtype=object)[rows], "bnb_phase": bnb_phase})
+    quant_op = _quant_op_rows(trace, rows)
+    quant_op_phase = np.where(quant_op >= 0, phase[np.clip(quant_op, 0, None)], "")
+    keys = pd.DataFrame({"phase": phase[rows], "ops": ctx["ops"].to_numpy(dtype=object)[rows],
+                         "quant_op_phase": quant_op_phase})
     kinds = {k: _kind_of(*k) for k in keys.drop_duplicates().itertuples(index=False, name=None)}
     out.loc[has, "op_name"] = ops["name"].to_numpy(dtype=object)[rows]
     out.loc[has, "phase"] = keys["phase"].to_numpy()
     # Plain lists: iterating the frame row by row boxes every value (seconds on a 400 MB trace).
     out.loc[has, "kind"] = [kinds[k] for k in zip(keys["phase"].tolist(), keys["ops"].tolist(),
-                                                   keys["bnb_phase"].tolist(), strict=True)]
+                                                   keys["quant_op_phase"].tolist(), strict=True)]
     return out
 
 

@@ -12,8 +12,8 @@ import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
 from qtrace.analyzers.host import exposed_host_time
-from qtrace.taxonomy import PHASE_ORDER, group_of
-from qtrace.trace import Trace
+from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
+from qtrace.tracefile.kineto import Trace
 
 PHASE_COLUMNS = ["phase", "group", "gpu_time_us", "gpu_share", "kernels", "cpu_time_us", "launches", "host_syncs",
                  "host_sync_us", "exposed_us"]

@@ -30,7 +30,7 @@ its time is the sum of its GPU events (so a cuBLAS split-K GEMM and its reduce k
 op's flops). Kernels whose shapes are unknown get null fields, never invented values; each
 phase says how much of its GPU time the figures cover (``modeled_share``).
 
-Bound labels, with peaks from `qtrace.devices` (calibration first, then the datasheet):
+Bound labels, with peaks from `qtrace.gpu_peaks` (calibration first, then the datasheet):
 
 - ``latency``: too small to reach either roof, so launch/latency cost decides: achieved < 10%
   of both roofs with a mean unit duration < 10 µs, or so little work per unit that it would take
@@ -46,17 +46,26 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.devices import DTYPE_PEAK, Peaks, peaks_for
-from qtrace.taxonomy import PHASE_ORDER
-from qtrace.trace import Trace
+from qtrace.analyzers.phase_rules import PHASE_ORDER
+from qtrace.analyzers.shapes import (
+    DTYPE_KIND,
+    Tensor,
+    Work,
+    arg_tensor,
+    broadcast,
+    parse_args,
+    sum_bytes,
+    tensors,
+)
+from qtrace.backends import BACKENDS, OP_PREFIXES, backend_of_op, resolve
+from qtrace.gpu_peaks import DTYPE_PEAK, Peaks, peaks_for
+from qtrace.tracefile.kineto import Trace
 
 LATENCY_UTIL = 0.10  # below this share of both roofs...
 LATENCY_US = 10.0  # ...and shorter than this on average: "latency"
@@ -64,17 +73,6 @@ LATENCY_US = 10.0  # ...and shorter than this on average: "latency"
 # the fixed cost of launching and ramping up a kernel), while achieving under LATENCY_SMALL_UTIL.
 LATENCY_IDEAL_US = 2.0
 LATENCY_SMALL_UTIL = 0.50
-
-DTYPE_BYTES: dict[str, int] = {
-    "c10::Half": 2, "c10::BFloat16": 2, "float": 4, "double": 8, "signed char": 1, "unsigned char": 1,
-    "bool": 1, "int": 4, "long int": 8, "short int": 2, "short": 2, "long": 8, "char": 1,
-    "c10::Float8_e4m3fn": 1, "c10::Float8_e5m2": 1, "c10::Float8_e4m3fnuz": 1, "c10::Float8_e5m2fnuz": 1,
-    "c10::complex<float>": 8, "c10::complex<double>": 16, "c10::complex<c10::Half>": 4,
-}
-DTYPE_KIND: dict[str, str] = {"c10::Half": "fp16", "c10::BFloat16": "bf16", "float": "fp32", "double": "fp64",
-                              "signed char": "int8", "unsigned char": "uint8"}
-_TEMPLATE_BYTES = {"__half": 2, "half": 2, "__nv_bfloat16": 2, "bfloat16": 2, "float": 4}
-_NON_TENSOR = ("Scalar", "ScalarList", "", "TensorList", "GenericList", "None", "int[]", "ScalarType")
 
 UNIT_COLUMNS = ["op", "model", "kernel", "phase", "kind", "events", "gpu_us", "bytes", "flops", "int_ops",
                 "dtype", "link", "step"]
@@ -85,105 +83,6 @@ RATE_COLUMNS = ["units", "gpu_time_us", "modeled_us", "modeled_share", "bytes", 
 # The roofline fields that join each phase record in `qtrace report --format json`.
 PHASE_FIELDS = ["modeled_share", "bytes", "flops", "int_ops", "achieved_gbps", "achieved_tflops", "achieved_tops",
                 "intensity", "compute_dtype", "mem_util", "compute_util", "bound", "bound_shares", "peak_source"]
-
-
-@dataclass(frozen=True)
-class Work:
-    """What one unit did. bytes None = unknown; flops/int_ops None = no math counted."""
-
-    model: str
-    bytes: float | None
-    flops: float | None = None
-    int_ops: float | None = None
-    dtype: str | None = None  # compute dtype of the math: fp16, bf16, fp32, int8
-    link: str = "hbm"  # "hbm" (device memory) or "pcie" (host<->device copy)
-    per_event: bool = False  # memcpy/memset: work is per GPU event, summed over the unit
-
-
-# ---------------------------------------------------------------------------------------
-# Shapes
-
-
-class Tensor:
-    __slots__ = ("shape", "dtype")
-
-    def __init__(self, shape: list[int], dtype: str) -> None:
-        self.shape = shape
-        self.dtype = dtype
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def size(self) -> int | None:
-        return DTYPE_BYTES.get(self.dtype)
-
-    @property
-    def nbytes(self) -> int | None:
-        s = self.size
-        return None if s is None else self.numel * s
-
-
-def parse_args(dims_raw: bytes | None, types_raw: bytes | None) -> list[Tensor | list[Tensor] | None] | None:
-    """The op's inputs: a Tensor per tensor argument, a list for TensorList, None for the rest.
-
-    None when the trace has no shapes for this op (record_shapes off) or they do not decode.
-    """
-    if not dims_raw or not types_raw:
-        return None
-    try:
-        dims = msgspec.json.decode(dims_raw)
-        types = msgspec.json.decode(types_raw)
-    except msgspec.DecodeError:
-        return None
-    if not isinstance(dims, list) or not isinstance(types, list) or len(dims) != len(types):
-        return None
-    out: list[Tensor | list[Tensor] | None] = []
-    for d, t in zip(dims, types, strict=True):
-        if t == "TensorList" and isinstance(d, list) and all(isinstance(x, list) for x in d):
-            if all(all(isinstance(v, int) for v in x) for x in d):
-                out.append([Tensor(list(x), "") for x in d])  # element dtypes are not recorded
-            else:
-                out.append(None)
-        elif (isinstance(t, str) and t not in _NON_TENSOR and isinstance(d, list)
-              and all(isinstance(v, int) for v in d)):
-            out.append(Tensor(list(d), t))
-        else:
-            out.append(None)
-    return out
-
-
-def _t(args: list[Any], i: int) -> Tensor | None:
-    return args[i] if i < len(args) and isinstance(args[i], Tensor) else None
-
-
-def _tensors(args: list[Any]) -> list[Tensor]:
-    return [a for a in args if isinstance(a, Tensor)]
-
-
-def _broadcast(shapes: list[list[int]]) -> list[int] | None:
-    shapes = [s for s in shapes if math.prod(s) > 0 or not s]
-    if not shapes:
-        return None
-    n = max(len(s) for s in shapes)
-    out = []
-    for i in range(1, n + 1):
-        sizes = {s[-i] for s in shapes if len(s) >= i} - {1}
-        if len(sizes) > 1:
-            return None
-        out.append(sizes.pop() if sizes else 1)
-    return out[::-1]
-
-
-def _sum_bytes(tensors: list[Tensor]) -> int | None:
-    total = 0
-    for t in tensors:
-        b = t.nbytes
-        if b is None:
-            return None
-        total += b
-    return total
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,14 +113,12 @@ _POINTWISE = {
     "lerp", "addcmul", "addcdiv", "hardtanh", "leaky_relu", "elu", "softplus", "mish", "hardswish", "hardsigmoid",
     "square", "rsub", "true_divide", "threshold", "nan_to_num", "sgn", "logit",
 }
-_KDEQ = re.compile(r"kDequantizeBlockwise<\s*([\w:]+)\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*(\d+)\s*>")
-_FUSED_4BIT = re.compile(r"gemm_4bit|gemv_4bit|kgemm_4bit")
 
 
 def _gemm(m: int, k: int, n: int, a: Tensor, b: Tensor, extra: list[Tensor], out_size: int | None,
           batch: int = 1) -> Work | None:
     kind = DTYPE_KIND.get(a.dtype)
-    ins = _sum_bytes([a, b, *extra])
+    ins = sum_bytes([a, b, *extra])
     if ins is None or out_size is None:
         return None
     ops = 2.0 * batch * m * k * n
@@ -234,92 +131,92 @@ def _gemm(m: int, k: int, n: int, a: Tensor, b: Tensor, extra: list[Tensor], out
 def aten_work(op: str, args: list[Any], kernel: str = "") -> Work | None:
     """Work of a kernel launched directly by aten op `op` with inputs `args`, or None."""
     if op in _GEMM_MM:
-        a, b = _t(args, 0), _t(args, 1)
+        a, b = arg_tensor(args, 0), arg_tensor(args, 1)
         if a is None or b is None or len(a.shape) != 2 or len(b.shape) != 2:
             return None
         out_size = 4 if op == "aten::_int_mm" else a.size
         return _gemm(a.shape[0], a.shape[1], b.shape[1], a, b, [], out_size)
     if op in _GEMM_ADDMM:
-        c, a, b = _t(args, 0), _t(args, 1), _t(args, 2)
+        c, a, b = arg_tensor(args, 0), arg_tensor(args, 1), arg_tensor(args, 2)
         if a is None or b is None or len(a.shape) != 2 or len(b.shape) != 2:
             return None
         return _gemm(a.shape[0], a.shape[1], b.shape[1], a, b, [c] if c else [], a.size)
     if op in _GEMM_BMM or op in _GEMM_BADDBMM:
         off = 1 if op in _GEMM_BADDBMM else 0
-        a, b = _t(args, off), _t(args, off + 1)
+        a, b = arg_tensor(args, off), arg_tensor(args, off + 1)
         if a is None or b is None or len(a.shape) != 3 or len(b.shape) != 3:
             return None
         extra = [args[0]] if off and isinstance(args[0], Tensor) else []
         return _gemm(a.shape[1], a.shape[2], b.shape[2], a, b, extra, a.size, batch=a.shape[0])
     if op == "aten::linear":
-        x, w, bias = _t(args, 0), _t(args, 1), _t(args, 2)
+        x, w, bias = arg_tensor(args, 0), arg_tensor(args, 1), arg_tensor(args, 2)
         if x is None or w is None or len(w.shape) != 2 or not x.shape:
             return None
         rows = math.prod(x.shape[:-1])
         return _gemm(rows, x.shape[-1], w.shape[0], x, w, [bias] if bias else [], x.size)
     if op in ("aten::mv", "aten::addmv"):
         off = 1 if op == "aten::addmv" else 0
-        a, v = _t(args, off), _t(args, off + 1)
+        a, v = arg_tensor(args, off), arg_tensor(args, off + 1)
         if a is None or v is None or len(a.shape) != 2:
             return None
         extra = [args[0]] if off and isinstance(args[0], Tensor) else []
         return _gemm(a.shape[0], a.shape[1], 1, a, v, extra, a.size)
     if op in _ATTENTION:
-        q, k, v = _t(args, 0), _t(args, 1), _t(args, 2)
+        q, k, v = arg_tensor(args, 0), arg_tensor(args, 1), arg_tensor(args, 2)
         if q is None or k is None or v is None or len(q.shape) != 4 or len(k.shape) != 4 or len(v.shape) != 4:
             return None
         b, h, lq, d = q.shape
         s, dv = k.shape[2], v.shape[3]
-        ins = _sum_bytes([q, k, v])
+        ins = sum_bytes([q, k, v])
         if ins is None or q.size is None:
             return None
         out = b * h * lq * dv * q.size
         return Work("attention", float(ins + out), flops=2.0 * b * h * lq * s * (d + dv), dtype=DTYPE_KIND.get(q.dtype))
     if op in _NORMS:
-        x = _t(args, 0)
-        params = [t for t in _tensors(args[1:]) if t.numel > 1]
+        x = arg_tensor(args, 0)
+        params = [t for t in tensors(args[1:]) if t.numel > 1]
         if x is None or x.nbytes is None:
             return None
-        pb = _sum_bytes(params)
+        pb = sum_bytes(params)
         return None if pb is None else Work("norm", float(2 * x.nbytes + pb))
     if op in _SOFTMAX:
-        x = _t(args, 0)
+        x = arg_tensor(args, 0)
         return None if x is None or x.nbytes is None else Work("softmax", float(2 * x.nbytes))
     if op in _REDUCTIONS:
-        ins = _sum_bytes(_tensors(args))
+        ins = sum_bytes(tensors(args))
         return None if not ins else Work("reduction", float(ins))  # outputs are small next to the input
     if op == "aten::copy_":
-        dst, src = _t(args, 0), _t(args, 1)
+        dst, src = arg_tensor(args, 0), arg_tensor(args, 1)
         if dst is None or src is None or dst.nbytes is None or src.nbytes is None:
             return None
         return Work("copy", float(dst.nbytes + src.nbytes))
     if op in ("aten::fill_", "aten::zero_"):
-        dst = _t(args, 0)
+        dst = arg_tensor(args, 0)
         return None if dst is None or dst.nbytes is None else Work("fill", float(dst.nbytes))
     if op == "aten::cat":
         return _cat_work(args, kernel)
     if op in ("aten::gather", "aten::index_select", "aten::embedding"):
         return _gather_work(op, args)
     if op in _COMPARE:
-        tens = [t for t in _tensors(args) if t.numel > 0]
-        shape = _broadcast([t.shape for t in tens])
-        ins = _sum_bytes(tens)
+        tens = [t for t in tensors(args) if t.numel > 0]
+        shape = broadcast([t.shape for t in tens])
+        ins = sum_bytes(tens)
         if shape is None or ins is None or not tens:
             return None
         return Work("pointwise", float(ins + math.prod(shape)))  # bool output
     base = op.removeprefix("aten::")
     inplace = base.endswith("_") and not base.endswith("__")
     if base.rstrip("_") in _POINTWISE:
-        tens = [t for t in _tensors(args) if t.numel > 0 or not t.shape]
+        tens = [t for t in tensors(args) if t.numel > 0 or not t.shape]
         if not tens:
             return None
-        ins = _sum_bytes(tens)
+        ins = sum_bytes(tens)
         if ins is None:
             return None
         if inplace:
             out_bytes = tens[0].nbytes or 0
         else:
-            shape = _broadcast([t.shape for t in tens])
+            shape = broadcast([t.shape for t in tens])
             sizes = [t.size for t in tens if t.size]
             if shape is None or not sizes:
                 return None
@@ -343,101 +240,21 @@ def _cat_work(args: list[Any], kernel: str) -> Work | None:
 
 def _gather_work(op: str, args: list[Any]) -> Work | None:
     if op == "aten::embedding":
-        weight, idx = _t(args, 0), _t(args, 1)
+        weight, idx = arg_tensor(args, 0), arg_tensor(args, 1)
         if weight is None or idx is None or len(weight.shape) != 2 or weight.size is None or idx.nbytes is None:
             return None
         rows = idx.numel * weight.shape[1] * weight.size
         return Work("gather", float(idx.nbytes + 2 * rows))
     if op == "aten::index_select":
-        src, idx = _t(args, 0), _t(args, 2)
+        src, idx = arg_tensor(args, 0), arg_tensor(args, 2)
         if src is None or idx is None or src.size is None or idx.nbytes is None or not src.shape:
             return None
         rows = idx.numel * (src.numel // max(src.shape[0], 1)) * src.size
         return Work("gather", float(idx.nbytes + 2 * rows))
-    src, idx = _t(args, 0), _t(args, 2)  # aten::gather(self, dim, index, ...): output has index's shape
+    src, idx = arg_tensor(args, 0), arg_tensor(args, 2)  # aten::gather(self, dim, index, ...): output has index's shape
     if src is None or idx is None or src.size is None or idx.nbytes is None:
         return None
     return Work("gather", float(idx.nbytes + 2 * idx.numel * src.size))
-
-
-def bnb_work(op: str, kernel: str, args: list[Any], mixed_dtype: str | None) -> Work | None:
-    """Work of a kernel launched directly by bitsandbytes op `op` (CUDA backend), or None."""
-    name = op.removeprefix("bitsandbytes::")
-    if name in ("int8_linear_matmul", "int8_linear_matmul.out"):
-        a, b = _t(args, 0), _t(args, 1)
-        if a is None or b is None or len(b.shape) != 2 or not a.shape or a.size is None or b.size is None:
-            return None
-        t, k, n = math.prod(a.shape[:-1]), a.shape[-1], b.shape[0]
-        nbytes = t * k * a.size + n * k * b.size + 4 * t * n
-        return Work("int8_gemm", float(nbytes), int_ops=2.0 * t * k * n, dtype="int8")
-    if name == "int8_mm_dequant":
-        acc, row, col, bias = _t(args, 0), _t(args, 1), _t(args, 2), _t(args, 4)
-        if acc is None or row is None or col is None:
-            return None
-        # Output dtype: the fp16/bf16 input of the enclosing int8_mixed_scaled_mm (bitsandbytes
-        # passes dtype=A.dtype), else the bias dtype, else the op's default float16.
-        out_size = DTYPE_BYTES.get(mixed_dtype or "") or (bias.size if bias is not None else None) or 2
-        ins = _sum_bytes([acc, row, col] + ([bias] if bias is not None else []))
-        return None if ins is None else Work("int8_dequant", float(ins + acc.numel * out_size))
-    if name == "int8_vectorwise_quant":
-        a = _t(args, 0)
-        if "kInt8VectorQuant" not in kernel or a is None or a.nbytes is None or not a.shape:
-            return None
-        rows = math.prod(a.shape[:-1])
-        return Work("int8_act_quant", float(a.nbytes + a.numel + 4 * rows))
-    if name in ("gemm_4bit", "gemv_4bit"):
-        return _gemm_4bit_work(name, kernel, args)
-    if name in ("dequantize_4bit", "dequantize_blockwise", "dequantize_nf4"):
-        m = _KDEQ.search(kernel)
-        packed, absmax = _t(args, 0), _t(args, 1)
-        if m is None or packed is None or absmax is None or packed.nbytes is None or absmax.nbytes is None:
-            return None
-        out_size = _TEMPLATE_BYTES.get(m.group(1).split("::")[-1])
-        if out_size is None:
-            return None
-        if m.group(2) == "0":  # 8-bit blockwise: one code per byte
-            code = _t(args, 2)
-            code_b = code.nbytes if code is not None and code.nbytes is not None else 0
-            return Work("blockwise_dequant", float(packed.nbytes + absmax.nbytes + code_b + packed.numel * out_size))
-        return Work("nf4_weight_dequant", float(packed.nbytes + absmax.nbytes + 2 * packed.nbytes * out_size))
-    return None
-
-
-def _gemm_4bit_work(name: str, kernel: str, args: list[Any]) -> Work | None:
-    # gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset)
-    # gemv_4bit(A, B, shapeB, absmax, code, blocksize)   (bitsandbytes <= 0.49)
-    a, packed, absmax = _t(args, 0), _t(args, 1), _t(args, 3)
-    if a is None or packed is None or absmax is None or not a.shape or a.size is None or packed.nbytes is None:
-        return None
-    t, k = math.prod(a.shape[:-1]), a.shape[-1]
-    if k <= 0 or (2 * packed.nbytes) % k:
-        return None
-    n = 2 * packed.nbytes // k  # shapeB is a ScalarList (no dims recorded): N from the packed size
-    absmax8 = _t(args, 7) if name == "gemm_4bit" else None
-    code = _t(args, 8) if name == "gemm_4bit" else _t(args, 4)
-    bias = _t(args, 6) if name == "gemm_4bit" else None
-    scale_bytes = _sum_bytes([x for x in (absmax, absmax8, code) if x is not None])
-    if scale_bytes is None:
-        return None
-    if _FUSED_4BIT.search(kernel):
-        nbytes = a.nbytes + packed.nbytes + scale_bytes + t * n * a.size + (bias.nbytes or 0 if bias else 0)
-        return Work("nf4_fused_gemm", float(nbytes), flops=2.0 * t * k * n, dtype=DTYPE_KIND.get(a.dtype))
-    m = _KDEQ.search(kernel)
-    if m is None:
-        return None
-    out_size = _TEMPLATE_BYTES.get(m.group(1).split("::")[-1])
-    if out_size is None:
-        return None
-    if m.group(2) == "0":
-        # Double quant: the per-block absmax (uint8, one per block) back to float32.
-        if absmax8 is None or absmax8.nbytes is None:
-            return None
-        code_b = code.nbytes if code is not None and code.nbytes is not None else 0
-        ins = absmax8.nbytes + (absmax.nbytes or 0) + code_b
-        return Work("nf4_absmax_dequant", float(ins + absmax8.numel * out_size))
-    # 4-bit weights -> [N, K] in the compute dtype; per-block absmax as float32.
-    blocks = absmax8.numel if absmax8 is not None else absmax.numel
-    return Work("nf4_weight_dequant", float(packed.nbytes + 4 * blocks + n * k * out_size))
 
 
 def event_work(kind: str, name: str, nbytes: Any) -> Work | None:
@@ -456,26 +273,13 @@ def event_work(kind: str, name: str, nbytes: Any) -> Work | None:
 # Units
 
 
-def _mixed_dtypes(trace: Trace, op_rows: np.ndarray) -> dict[int, str | None]:
-    """For int8_mm_dequant rows: the A dtype of the enclosing int8_mixed_scaled_mm, if any."""
-    ops = trace.ops
-    names = ops["name"].to_numpy(dtype=object)
-    parent = ops["parent"].to_numpy()
-    types = ops["input_type"].to_numpy(dtype=object)
-    out: dict[int, str | None] = {}
-    for r in op_rows:
-        p = parent[r]
-        found = None
-        while p >= 0:
-            if names[p] == "bitsandbytes::int8_mixed_scaled_mm":
-                if types[p]:
-                    try:
-                        found = msgspec.json.decode(types[p])[0]
-                    except (msgspec.DecodeError, IndexError, TypeError):
-                        found = None
-                break
-            p = parent[p]
-        out[int(r)] = found
+def _backend_context(trace: Trace, op_rows: np.ndarray, op_name: np.ndarray, has_op: np.ndarray) -> np.ndarray:
+    """Per GPU event, what a backend's work model needs beyond the op's own inputs (None if nothing)."""
+    out = np.full(len(op_rows), None, dtype=object)
+    for backend in BACKENDS:
+        if backend.work_context:
+            ctx = resolve(backend.work_context)(trace, op_rows, op_name, has_op)
+            out = np.where(pd.isna(out) & ~pd.isna(ctx), ctx, out) if len(out) else out
     return out
 
 
@@ -499,20 +303,17 @@ def units(trace: Trace) -> pd.DataFrame:
     kind = gpu["cat"].to_numpy(dtype=object)
     kname = gpu["name"].to_numpy(dtype=object)
     is_copy = np.isin(kind, ["gpu_memcpy", "gpu_memset"])
-    is_bnb = np.array([isinstance(n, str) and n.startswith("bitsandbytes::") for n in op_name], dtype=bool)
-    dequant_rows = np.unique(op_rows[has_op & (op_name == "bitsandbytes::int8_mm_dequant")])
-    mixed = _mixed_dtypes(trace, dequant_rows) if len(dequant_rows) else {}
-    mixed_col = np.array([mixed.get(int(r)) if n == "bitsandbytes::int8_mm_dequant" else None
-                          for r, n in zip(op_rows, op_name, strict=True)], dtype=object)
+    is_quant_op = np.array([isinstance(n, str) and n.startswith(OP_PREFIXES) for n in op_name], dtype=bool)
+    context_col = _backend_context(trace, op_rows, op_name, has_op)
     raw_bytes = gpu["bytes"].to_numpy(dtype=object) if "bytes" in gpu else np.full(len(gpu), None, dtype=object)
     keys = pd.DataFrame({
         "kind": kind,
         "op_name": op_name,
-        "kernel": np.where(is_bnb | is_copy | (op_name == "aten::cat"), kname, ""),
+        "kernel": np.where(is_quant_op | is_copy | (op_name == "aten::cat"), kname, ""),
         "dims": dims,
         "types": types,
         "bytes": np.where(is_copy, raw_bytes, None),
-        "mixed": mixed_col,
+        "context": context_col,
     })
     key_cols = list(keys.columns)
     gid = keys.fillna("\x00").groupby(key_cols, sort=False, dropna=False).ngroup().to_numpy()
@@ -573,8 +374,9 @@ def _estimate(key: pd.Series) -> Work | None:
     if args is None:
         return None
     try:
-        if op.startswith("bitsandbytes::"):
-            return bnb_work(op, key["kernel"], args, key["mixed"])
+        backend = backend_of_op(op)
+        if backend is not None:
+            return resolve(backend.work)(op, key["kernel"], args, key["context"]) if backend.work else None
         if op.startswith("aten::"):
             return aten_work(op, args, key["kernel"])
     except (TypeError, ValueError, IndexError, AttributeError):
@@ -820,13 +622,13 @@ def _phase_cells(phases: pd.DataFrame) -> list[list[str]]:
 
 
 def render_text(phases: pd.DataFrame, peaks: Peaks) -> str:
-    from qtrace.reports.fmt import text_table
+    from qtrace.markup import text_table
 
     return peaks.summary() + "\n" + text_table(ROOF_HEADERS, _phase_cells(phases), "lrrrrrrl")
 
 
 def render_markdown(phases: pd.DataFrame, kernels: pd.DataFrame, peaks: Peaks) -> str:
-    from qtrace.reports.fmt import md_escape, md_table, shorten
+    from qtrace.markup import md_escape, md_table, shorten
 
     lines = [md_escape(peaks.summary()), "",
              f"Bytes and operations from the recorded shapes of each kernel's launching op; `modeled` is the share "

@@ -27,7 +27,7 @@ def calibrate_cmd(device: str, size_mb: int, gemm_n: int, warmup: int, repeats: 
     with CUDA events (warm-up, median of --repeats), print them against the datasheet, and cache
     them under ~/.cache/qtrace/calibration/ (or $QTRACE_CACHE), where `qtrace report` prefers them
     to the datasheet peaks for the roofline."""
-    from qtrace import calibrate as cal
+    from qtrace.capture import calibrate as cal
 
     if show:
         click.echo(cal.show_cached())

@@ -8,9 +8,9 @@ import click
 import msgspec
 
 from qtrace.analyzers.compare import compare_reports, run_labels
+from qtrace.analyzers.trace_analysis import TraceReport, analyze_target, load_target
 from qtrace.errors import QtraceError
 from qtrace.fileio import check_out_dir, prepare_out_dir
-from qtrace.report import TraceReport, analyze_target, load_target
 from qtrace.reports import compare_report
 
 
@@ -64,8 +64,8 @@ def compare_cmd(paths: tuple[str, ...], baseline: str | None, fmt: str, out_dir:
     comparison = compare_reports(reports, baseline=baseline, passes=passes, labels=labels)
     out = prepare_out_dir(out_dir, force) if out_dir else None
     if out is not None:
-        from qtrace import annotate
         from qtrace.reports import html
+        from qtrace.reports import perfetto as annotate
 
         charts = html.compare_charts(comparison, top)
         rel = html.write_chart_files(charts, out)

@@ -1,4 +1,4 @@
-"""`qtrace profile` and `qtrace presets`: parse options, call qtrace.api, print."""
+"""`qtrace profile` and `qtrace presets`: parse options, call qtrace.capture.runner, print."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def profile_cmd(model: str | None, precisions: str | None, task: str, batch_size
     checkout folder, or a Hugging Face id already in the local cache (never downloaded).
     Writes <out>/run.json and <out>/<precision>/trace.json.gz, and prints a short table.
     """
-    from qtrace.api import profile
+    from qtrace.capture.runner import profile
 
     result = profile(model=model, precisions=precisions, task=task, batch_size=batch_size, seq_len=seq_len,
                      new_tokens=new_tokens, warmup=warmup, iters=iters, profile_steps=profile_steps,
@@ -57,7 +57,7 @@ def profile_cmd(model: str | None, precisions: str | None, task: str, batch_size
 @click.command("presets", context_settings={"help_option_names": ["-h", "--help"]})
 def presets_cmd() -> None:
     """List the built-in model presets (random weights built from a config, cached on disk)."""
-    from qtrace.models import PRESETS, count_params, preset_dir, preset_is_cached
+    from qtrace.capture.models import PRESETS, count_params, preset_dir, preset_is_cached
 
     rows = [("name", "arch", "params", "tasks", "cached", "for")]
     for p in PRESETS.values():

@@ -7,8 +7,8 @@ import sys
 import click
 import msgspec
 
+from qtrace.analyzers.trace_analysis import analyze_target, load_target
 from qtrace.fileio import check_out_dir, prepare_out_dir
-from qtrace.report import analyze_target, load_target
 from qtrace.reports import trace_report
 
 
@@ -35,8 +35,10 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     out = prepare_out_dir(out_dir, force) if out_dir else None
     if out is not None:
         trace_report.write_outputs(reports, out, str(target.path), target.run)
-        from qtrace import annotate  # the annotated trace for Perfetto (`qtrace view OUT` says how to open it)
         from qtrace.reports import html
+        from qtrace.reports import (
+            perfetto as annotate,  # the annotated trace for Perfetto (`qtrace view OUT` says how to open it)
+        )
 
         annotate.write_for_reports(reports, out)
         html.write_report_html(reports, out)

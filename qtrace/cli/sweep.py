@@ -42,7 +42,7 @@ def sweep_cmd(model: str | None, precisions: str | None, batch_sizes: str, seq_l
     batch size), marking where each quantized precision crosses the baseline, or saying that it
     never does in the range.
     """
-    from qtrace.sweep import run_sweep
+    from qtrace.capture.sweep import run_sweep
 
     result = run_sweep(model, precisions, batch_sizes, seq_lens, task=task, out=out, force=force, profile=profile,
                        profile_steps=profile_steps, baseline=baseline, quiet=quiet, new_tokens=new_tokens,

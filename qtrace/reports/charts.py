@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from qtrace.taxonomy import PHASE_ORDER
+from qtrace.analyzers.phase_rules import PHASE_ORDER
 
 # One colour per phase: int8 phases warm, NF4 purple, dense GEMM blue, model ops green/cyan, rest grey.
 _PALETTE = {

@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from qtrace.analyzers.compare import Comparison, RunComparison, energy_per_example_j, memory_totals_delta
+from qtrace.analyzers.compare import Comparison, RunComparison
 from qtrace.fileio import write_json, write_text
-from qtrace.reports.fmt import md_escape, md_table, ms, text_table
+from qtrace.markup import md_escape, md_table, ms, text_table
 
 DELTA_HEADERS = ["phase", "group", "ΔGPU ms", "ΔCPU ms", "Δlaunches", "Δsyncs", "Δsync ms", "ΔGPU-idle ms"]
 
@@ -78,7 +78,7 @@ def headline(c: Comparison, comp: RunComparison, top: int) -> list[str]:
                      f"{_signed_ms(m_rest)} ms ({comp.measured_note})")
     elif comp.measured_note:
         lines.append(f"Measured waterfall: not available ({comp.measured_note})")
-    mem = memory_totals_delta(base, run)
+    mem = comp.memory_delta
     if "peak_allocated_bytes_delta" in mem:
         b_peak = (base.report.extra.get("memory") or {}).get("peak_allocated_bytes")
         r_peak = (run.report.extra.get("memory") or {}).get("peak_allocated_bytes")
@@ -113,7 +113,7 @@ def _run_rows(c: Comparison) -> list[list[str]]:
 
 def _energy_cell(f: Any, base: Any) -> str:
     """J/example of the timed pass, with its ratio to the baseline's (NVML energy counter)."""
-    j, b = energy_per_example_j(f.report), energy_per_example_j(base.report)
+    j, b = f.joules_per_example, base.joules_per_example
     if j is None:
         return "-"
     return f"{j:.3f}" + (f" (x{j / b:.2f})" if b and f is not base else "")
@@ -238,7 +238,7 @@ def runs_frame(c: Comparison) -> pd.DataFrame:
         rows.append({"run": f.label, "source": f.source, "precision": f.precision, "baseline": f is c.baseline,
                      "passes": f.passes, "gpu_time_us": f.gpu_time_us, **f.host, "measured_ms": f.measured_ms,
                      "trace_ms": f.trace_ms, "profiler_inflation": f.inflation,
-                     "joules_per_example": energy_per_example_j(f.report),
+                     "joules_per_example": f.joules_per_example,
                      "latency_ratio": 1.0 if comp is None else comp.latency_ratio,
                      "latency_source": None if comp is None else comp.latency_source})
     return pd.DataFrame(rows)

@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from qtrace.analyzers.compare import Comparison, pass_count, run_labels
+from qtrace.analyzers.trace_analysis import TraceReport
 from qtrace.fileio import write_bytes, write_text
-from qtrace.report import TraceReport
+from qtrace.markup import ms, pct
 from qtrace.reports import charts as ch
-from qtrace.reports.fmt import ms, pct
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;

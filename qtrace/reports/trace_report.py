@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
+from qtrace.analyzers.phase_rules import QUANT_PHASES
+from qtrace.analyzers.trace_analysis import TraceReport
 from qtrace.fileio import write_json, write_text
-from qtrace.report import TraceReport
-from qtrace.reports.fmt import md_escape, md_table, ms, pct, shorten, text_table
-from qtrace.taxonomy import QUANT_PHASES
+from qtrace.markup import md_escape, md_table, ms, pct, shorten, text_table
 
 PHASE_HEADERS = ["phase", "group", "GPU ms", "GPU %", "kernels", "host CPU ms", "launches", "syncs", "sync ms",
                  "GPU-idle ms"]

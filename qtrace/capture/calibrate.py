@@ -9,7 +9,7 @@ median of several repeats:
 - ``int8_tops``: ``torch._int_mm`` on int8 ``n x n`` operands (int32 out), 2*n^3 ops;
 - ``fp32_tflops``: fp32 matmul with TF32 off (CUDA cores, as torch runs fp32 matmuls by default).
 
-Results go to ``<cache>/calibration/<device-name-slug>.json`` (see qtrace.devices), where the
+Results go to ``<cache>/calibration/<device-name-slug>.json`` (see qtrace.gpu_peaks), where the
 roofline analyzer prefers them to the datasheet table, field by field.
 """
 
@@ -20,8 +20,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from qtrace.devices import calibration_path, match_device, now_iso, save_calibration, slug
 from qtrace.errors import QtraceError
+from qtrace.gpu_peaks import calibration_path, match_device, now_iso, save_calibration, slug
 
 METRICS = ("hbm_gbps", "fp16_tflops", "bf16_tflops", "int8_tops", "fp32_tflops")
 UNITS = {"hbm_gbps": "GB/s", "fp16_tflops": "TFLOPS", "bf16_tflops": "TFLOPS", "int8_tops": "TOPS",
@@ -33,7 +33,7 @@ def _cuda_device(spec: str | None) -> Any:
 
     if not torch.cuda.is_available():
         raise QtraceError("calibrate needs a CUDA GPU")
-    from qtrace.device import resolve_device
+    from qtrace.capture.environment import resolve_device
 
     dev = resolve_device(spec or "cuda")
     if dev.type != "cuda":
@@ -141,7 +141,7 @@ def calibrate(device: str | None = None, size_mb: int = 1024, gemm_n: int = 8192
 
 def format_table(data: dict[str, Any]) -> str:
     """measured vs datasheet, one metric a line."""
-    from qtrace.reports.fmt import text_table
+    from qtrace.markup import text_table
 
     sheet = (data.get("datasheet") or {}).get("peaks") or {}
     rows = []
@@ -163,8 +163,8 @@ def format_table(data: dict[str, Any]) -> str:
 
 def show_cached(name: str | None = None) -> str:
     """The datasheet table and any cached calibration files (works without a GPU)."""
-    from qtrace.devices import KNOWN_DEVICES, calibration_dir
-    from qtrace.reports.fmt import text_table
+    from qtrace.gpu_peaks import KNOWN_DEVICES, calibration_dir
+    from qtrace.markup import text_table
 
     rows = [[s.key, f"{s.hbm_gbps:g}", f"{s.fp16_tflops:g}", f"{s.bf16_tflops:g}" if s.bf16_tflops else "-",
              f"{s.int8_tops:g}" if s.int8_tops else "-", f"{s.fp32_tflops:g}", s.source.split(",")[0]]

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qtrace.backends import quantized_precisions
 from qtrace.errors import QtraceError
 
-QUANTIZED = ("int8", "nf4")
+QUANTIZED = quantized_precisions()
 BASELINE_ORDER = ("fp16", "bf16", "fp32")
 METRICS = {
     "latency_ms_per_example": "latency per example (ms)",
@@ -200,7 +201,7 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 
 def to_markdown(df: pd.DataFrame, found: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> str:
-    from qtrace.reports.fmt import md_escape, md_table, mib
+    from qtrace.markup import md_escape, md_table, mib
 
     lines = ["# qtrace sweep", ""]
     if settings:
@@ -336,12 +337,12 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
               quiet: bool = False, **profile_kwargs: Any) -> SweepResult:
     """Run `qtrace.profile` at every (batch size, seq len) point; write the table and plot.
 
-    runner: a function with `qtrace.profile`'s signature (default: qtrace.api.profile), for tests.
+    runner: a function with `qtrace.profile`'s signature (default: qtrace.capture.runner.profile), for tests.
     profile_kwargs: passed through (new_tokens, warmup, iters, device, seed, int8_threshold,
     outlier_dims, trust_remote_code).
     """
     from qtrace import fileio
-    from qtrace.models import PRECISIONS, parse_precisions
+    from qtrace.capture.models import PRECISIONS, parse_precisions
 
     bs_list = parse_int_list(batch_sizes, "batch-size")
     seq_list = parse_int_list(seq_lens, "seq-len")
@@ -351,8 +352,8 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
     if baseline is not None and baseline not in PRECISIONS:
         raise QtraceError(f"--baseline {baseline}: choose from {', '.join(PRECISIONS)}")
     if runner is None:
-        from qtrace import models
-        from qtrace.api import profile as runner
+        from qtrace.capture import models
+        from qtrace.capture.runner import profile as runner
 
         models.resolve_model(model)  # a missing model is one error line, before any folder is made
     say = progress if progress is not None else (None if quiet else _stderr)

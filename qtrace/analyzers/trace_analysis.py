@@ -18,9 +18,10 @@ import pandas as pd
 from qtrace.analyzers.host import host_summary, step_table
 from qtrace.analyzers.kernels import kernel_table
 from qtrace.analyzers.phases import coverage, gpu_time_us, phase_table
+from qtrace.backends import BACKENDS, resolve
 from qtrace.errors import QtraceError
 from qtrace.fileio import INCOMPLETE_MARKER
-from qtrace.trace import Trace, load_trace
+from qtrace.tracefile.kineto import Trace, load_trace
 
 TRACE_SUFFIXES = (".json", ".json.gz")
 RUN_FILE = "run.json"
@@ -77,10 +78,10 @@ def precision_of(trace: Trace) -> str | None:
     if meta.get("precision"):
         return str(meta["precision"])
     names = pd.Series(trace.ops["name"].unique(), dtype=object)  # a few hundred distinct names, not every op
-    if names.str.startswith("bitsandbytes::int8").any():
-        return "int8"
-    if names.str.contains(r"bitsandbytes::(?:gemm_4bit|gemv_4bit|dequantize_4bit)", regex=True).any():
-        return "nf4"
+    for backend in BACKENDS:
+        found = backend.detect_precision(names) if backend.detect_precision else None
+        if found:
+            return found
     # No quantized op: name the dense precision by the dtype of the first GEMM's input.
     gemms = trace.ops[trace.ops["name"].isin(["aten::linear", "aten::addmm", "aten::mm"])]
     types = gemms["input_type"].dropna()
@@ -112,14 +113,16 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
 
 
 def _extra_sections(trace: Trace, measured: dict[str, Any] | None) -> dict[str, Any]:
-    """Sections from analyzers that answer further questions: memory, roofline, LLM.int8 outliers."""
-    from qtrace.analyzers import memory, outliers, roofline
+    """Sections that answer further questions: memory, roofline, and each backend's own (LLM.int8 outliers)."""
+    from qtrace.analyzers import memory, roofline
 
     sections: dict[str, Any] = {"memory": memory.memory_section(trace, measured)}
     sections["roofline"] = roofline.roofline_section(trace)  # its phase_fields join each phase record
-    outlier_stats = outliers.outlier_section(trace)
-    if outlier_stats is not None:
-        sections["outliers"] = outlier_stats
+    for backend in BACKENDS:
+        for name, ref in backend.analyses.items():
+            section = resolve(ref)(trace)
+            if section is not None:
+                sections[name] = section
     return sections
 
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qtrace.backends import backend_for, loader, quantized_precisions
 from qtrace.errors import QtraceError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
+PRECISIONS = ("fp32", "fp16", "bf16", *quantized_precisions())
 TASKS = ("forward", "classify", "generate")
 DEFAULT_PRESET = "tiny-llama"
 # Same label count as the reference H100 traces (../shared/traces), so classify runs compare
@@ -342,12 +343,12 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     import torch
 
     dtype_name, quant, warnings = _precision_setup(precision, device.type, int8_threshold)
-    if quant is not None:
+    backend = backend_for(precision)
+    if quant is not None and backend is not None:
         # Heads stay in full precision, as transformers intends; its own choice (the module of the
         # last parameter) misses heads with a bias and then leaves a freshly initialised
         # classification head as an unquantized bnb layer that crashes in forward.
-        # (The 4-bit quantizer reads the same llm_int8_skip_modules field.)
-        quant.llm_int8_skip_modules = head_modules(spec, task, trust_remote_code)
+        loader(backend).keep_unquantized(quant, head_modules(spec, task, trust_remote_code))
     kwargs: dict[str, Any] = {
         "device_map": {"": device.index if device.type == "cuda" else "cpu"},
         "use_safetensors": True,  # never unpickle a checkpoint
@@ -407,37 +408,29 @@ def head_modules(spec: ModelSpec, task: str, trust_remote_code: bool = False) ->
 
 def warm_imports(spec: ModelSpec, task: str, precisions: list[str] | tuple[str, ...],
                  trust_remote_code: bool = False) -> None:
-    """Import the model's code (and bitsandbytes) before any load is timed.
+    """Import the model's code (and each quantization backend) before any load is timed.
 
     The first from_pretrained of a process otherwise pays for importing the modeling module
     and its dependencies (seconds on a GPU host), which would land in the first precision's
     load time and make it look slow for a reason that has nothing to do with its precision.
     """
     head_modules(spec, task, trust_remote_code)  # builds the task's model on the meta device
-    if any(p in ("int8", "nf4") for p in precisions):
+    for backend in {b.name: b for p in precisions if (b := backend_for(p)) is not None}.values():
         with quiet_libraries():
-            import bitsandbytes  # noqa: F401
+            loader(backend).warm_import()
+
+
+FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def _precision_setup(precision: str, device_type: str, threshold: float) -> tuple[str, Any, list[str]]:
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    warnings: list[str] = []
-    if precision in ("fp32", "fp16", "bf16"):
-        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision], None, warnings
-    base = base_dtype_name(device_type)
-    if precision == "int8":
-        if base != "float16":
-            warnings.append(f"int8: activations are {base}; bitsandbytes casts them to float16 in every "
-                            f"Linear8bitLt call before quantizing (an extra cast per layer)")
-        return base, BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold), warnings
-    if base == "float32":
-        warnings.append("nf4: compute dtype is float32, so after dequantizing the weights every matmul is an "
-                        "fp32 SGEMM (on a GPU use float16/bfloat16 compute)")
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=getattr(torch, base))
-    return base, quant, warnings
+    """(dtype name, quantization_config or None, warnings): plain floats here, the rest by their backend."""
+    if precision in FLOAT_DTYPES:
+        return FLOAT_DTYPES[precision], None, []
+    backend = backend_for(precision)
+    if backend is None:
+        raise QtraceError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return loader(backend).precision_setup(precision, base_dtype_name(device_type), threshold)
 
 
 def _cuda_allocated(device: Any) -> int | None:

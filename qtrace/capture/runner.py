@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qtrace import __version__, fileio
-from qtrace.energy import energy_block
+from qtrace.capture.energy import energy_block
 from qtrace.errors import QtraceError
 
 RUN_FILE = "run.json"
@@ -154,7 +154,7 @@ def profile(
     nf4 (default fp16,int8,nf4 on CUDA, fp32,int8,nf4 on CPU). progress: called with one-line
     status messages (default: stderr, unless quiet).
     """
-    from qtrace import models
+    from qtrace.capture import models
 
     settings = Settings(model, None, task, batch_size, seq_len, new_tokens, warmup, iters, profile_steps,
                         device, seed, float(int8_threshold), outlier_dims, trust_remote_code)
@@ -164,7 +164,7 @@ def profile(
     # Cheap checks first (bad precision, device or --out), before a preset takes minutes to build.
     chosen = models.parse_precisions(precisions) if precisions is not None else None
     say = _Reporter(progress, quiet)
-    from qtrace import device as qdevice
+    from qtrace.capture import environment as qdevice
 
     dev = qdevice.resolve_device(device)
     chosen = chosen or models.default_precisions(dev.type)
@@ -188,7 +188,7 @@ def default_out_dir(model: str) -> Path:
 
 def _clear_old_results(out: Path) -> None:
     """With --force, drop what an earlier run left (its traces would pass for this run's)."""
-    from qtrace.models import PRECISIONS
+    from qtrace.capture.models import PRECISIONS
 
     (out / RUN_FILE).unlink(missing_ok=True)
     for p in PRECISIONS:
@@ -247,9 +247,9 @@ class _Runner:
     def run(self) -> ProfileResult:
         import torch
 
-        from qtrace import device as qdevice
-        from qtrace import models
-        from qtrace.models import quiet_libraries
+        from qtrace.capture import environment as qdevice
+        from qtrace.capture import models
+        from qtrace.capture.models import quiet_libraries
 
         run = self._run_header(qdevice.environment(self.dev))
         fileio.mark_incomplete(self.out, f"qtrace profile started {run['created']}; if this file remains, "
@@ -286,7 +286,7 @@ class _Runner:
         }
 
     def _one(self, precision: str) -> dict[str, Any]:
-        from qtrace import models
+        from qtrace.capture import models
 
         tag = f"[{precision}]"
         entry = _empty_entry(precision, self.dev)
@@ -314,7 +314,8 @@ class _Runner:
         return entry
 
     def _measure(self, loaded: Any, entry: dict[str, Any], tag: str) -> None:
-        from qtrace import capture, models
+        from qtrace.capture import models
+        from qtrace.capture import protocol as capture
 
         model = loaded.model
         dims = models.apply_outlier_dims(model, self.s.outlier_dims)
@@ -350,8 +351,8 @@ class _Runner:
         self.say.line(f"{tag} trace {trace} ({fmt_bytes(info['trace_bytes'])})")
 
     def _metadata(self, loaded: Any) -> dict[str, Any]:
-        from qtrace import device as qdevice
-        from qtrace.models import OUTLIER_SCALE
+        from qtrace.capture import environment as qdevice
+        from qtrace.capture.models import OUTLIER_SCALE
 
         s = self.s
         return {

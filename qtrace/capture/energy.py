@@ -35,12 +35,12 @@ def _nvml() -> Any:
 
 
 def _handle_for(nv: Any, device: Any = None, index: int | None = None) -> Any:
-    """NVML handle for a torch device (by UUID, as qtrace.device does) or a plain NVML index."""
+    """NVML handle for a torch device (by UUID, as qtrace.capture.environment does) or a plain NVML index."""
     if device is not None:
         if getattr(device, "type", None) != "cuda":
             return None
         try:
-            from qtrace import device as qdevice
+            from qtrace.capture import environment as qdevice
 
             handle = qdevice._handle(device)
             if handle is not None:

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
-from qtrace.taxonomy import MODULE_ANNOTATION_PREFIX
-from qtrace.trace import Trace
+from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX
+from qtrace.tracefile.kineto import Trace
 
 QUANT_OP = "bitsandbytes::int8_vectorwise_quant"
 MIXED_OP = "bitsandbytes::int8_mixed_scaled_mm"
@@ -388,7 +388,7 @@ def _summary(s: dict[str, Any]) -> str:
 
 
 def _markdown(s: dict[str, Any], calls: pd.DataFrame, layers: pd.DataFrame | None) -> str:
-    from qtrace.reports.fmt import md_escape, md_table
+    from qtrace.markup import md_escape, md_table
 
     lines = [md_escape(s["summary"]), ""]
     if s["phase_time"]:

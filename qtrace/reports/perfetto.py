@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
+from qtrace.analyzers.phase_rules import group_of
 from qtrace.errors import TraceFormatError
 from qtrace.fileio import atomic_open
-from qtrace.taxonomy import group_of
-from qtrace.trace import GPU_CATS, Trace, read_bytes
+from qtrace.tracefile.kineto import GPU_CATS, Trace, read_bytes
 
 ANNOTATED_NAME = "annotated_trace.json.gz"
 PHASE_CAT = "qtrace_phase"

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qtrace import device as qdevice
-from qtrace.energy import EnergyMeter
+from qtrace.capture import environment as qdevice
+from qtrace.capture.energy import EnergyMeter
 from qtrace.fileio import atomic_open
 
 STEP_FORWARD = "qtrace.step:forward"
@@ -224,7 +224,7 @@ class Timing:
     decode_ms: list[float] = field(default_factory=list)
     wall_ms_per_iter: float | None = None
     memory: dict[str, int | None] = field(default_factory=dict)
-    energy: Any = None  # qtrace.energy.EnergyMeter around the timed loop (no reading on CPU / without NVML)
+    energy: Any = None  # qtrace.capture.energy.EnergyMeter around the timed loop (no reading on CPU / without NVML)
 
 
 def warm_up(model: Any, work: Workload, n: int, device: Any, progress: Progress | None = None) -> None:
@@ -346,7 +346,7 @@ def module_role(name: str, module: Any, parent: Any) -> str | None:
     """Which annotated kind a module is, or None (not annotated)."""
     import torch
 
-    from qtrace.models import is_norm
+    from qtrace.capture.models import is_norm
 
     cls = type(module).__name__
     if isinstance(parent, torch.nn.ModuleList) and cls.endswith(BLOCK_SUFFIXES):
