@@ -451,11 +451,36 @@ class StepAnnotator:
 
 def profiled_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: Path,
                   metadata: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
-    """Run 1 warm-up + `steps` recorded iterations under torch.profiler; write the gzipped trace."""
+    """Run 1 warm-up + `steps` recorded iterations under torch.profiler; write the gzipped trace.
+
+    The full trace: CPU ops with shapes, memory, module and step annotations (and CUDA activity on
+    a GPU). It labels every event with its phase, but slows a host-bound pass 1.2-2.6x unevenly.
+    """
+    return _recorded_pass(model, work, steps, device, trace_path, metadata, progress, lean=False)
+
+
+def lean_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: Path,
+              metadata: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
+    """The same steps under a profiler with CUDA activity only: the trace that times the phases.
+
+    No CPU ops, shapes, memory or module hooks: CUPTI still records every kernel, memcpy, memset
+    and CUDA runtime call with correlation ids, and a host-bound pass stays within ~10% of its
+    un-profiled time. Its phases come from the full trace (qtrace.analyzers.lean_alignment).
+    """
+    if device.type != "cuda":
+        raise ValueError("a lean (CUDA-activity-only) trace needs a CUDA device")
+    return _recorded_pass(model, work, steps, device, trace_path, {**metadata, "lean": True}, progress, lean=True)
+
+
+def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: Path,
+                   metadata: dict[str, Any], progress: Progress | None, lean: bool) -> dict[str, Any]:
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if lean:
+        activities = [ProfilerActivity.CUDA]
+    else:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     fd, raw = tempfile.mkstemp(prefix=".trace.", suffix=".json", dir=trace_path.parent)
     os.close(fd)
@@ -465,37 +490,90 @@ def profiled_pass(model: Any, work: Workload, steps: int, device: Any, trace_pat
         prof.export_chrome_trace(raw)
         exported.append(True)
 
-    step_names = StepAnnotator(model) if work.task == "generate" else contextlib.nullcontext()
+    # The lean pass runs the bare model: module hooks and step names cost host time it must not pay.
+    annotations = contextlib.nullcontext(0) if lean else module_annotations(model)
+    step_names = StepAnnotator(model) if work.task == "generate" and not lean else contextlib.nullcontext()
+    prof = profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+                   record_shapes=not lean, profile_memory=not lean, with_stack=False, on_trace_ready=on_ready)
     try:
-        with warnings.catch_warnings(), module_annotations(model) as n_modules, step_names as steps_ann, profile(
-            activities=activities,
-            schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
-            record_shapes=True, profile_memory=True, with_stack=False,
-            on_trace_ready=on_ready,
-        ) as prof:
+        with warnings.catch_warnings(), annotations as n_modules, step_names as steps_ann:
             # One schedule cycle is all we record, so torch's "clears events at the end of each
             # cycle" warning (printed on CUDA builds) says nothing useful here.
             warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
-            for i in range(1 + steps):
-                if i == 1:  # metadata is kept only once the profiler records (after its warm-up step)
-                    prof.add_metadata_json("qtrace", json.dumps({**metadata, "annotated_modules": n_modules}))
-                    prof.add_metadata_json("distributedInfo", json.dumps({"rank": 0}))
-                if work.task == "generate":
-                    steps_ann.new_generation()
-                    run_generate(model, work)
-                else:
-                    with record_function(STEP_FORWARD):
-                        run_forward(model, work)
-                _sync(device)
-                prof.step()
-                if progress:
-                    progress(f"profiled step {i}/{steps}" if i else "profiler warm-up step")
+            with native_output_filtered():
+                prof.__enter__()
+            try:
+                for i in range(1 + steps):
+                    if i == 1:  # metadata is kept only once the profiler records (after its warm-up step)
+                        prof.add_metadata_json("qtrace", json.dumps({**metadata, "annotated_modules": n_modules}))
+                        prof.add_metadata_json("distributedInfo", json.dumps({"rank": 0}))
+                    if work.task == "generate":
+                        if steps_ann is not None:
+                            steps_ann.new_generation()
+                        run_generate(model, work)
+                    else:
+                        with record_function(STEP_FORWARD):
+                            run_forward(model, work)
+                    # Every step ends with a device sync: in a lean trace, which may hold no
+                    # ProfilerStep markers, these cudaDeviceSynchronize calls mark the steps.
+                    _sync(device)
+                    with native_output_filtered():
+                        prof.step()
+                    if progress:
+                        what = "lean " if lean else ""
+                        progress(f"{what}profiled step {i}/{steps}" if i else f"{what}profiler warm-up step")
+            finally:
+                with native_output_filtered():
+                    prof.__exit__(None, None, None)
         if not exported:
             raise RuntimeError("torch.profiler produced no trace (schedule did not complete)")
         _gzip_into(Path(raw), trace_path)
     finally:
         Path(raw).unlink(missing_ok=True)
     return {"trace_bytes": trace_path.stat().st_size, "annotated_modules": n_modules}
+
+
+# Kineto's C++ side prints these on the CPU build at every profiler start and stop, straight to
+# fd 2 (past Python's sys.stderr): noise on the user's terminal, nothing they can act on.
+_NATIVE_NOISE = ("profiler_start", "profiler_stop")
+
+
+def is_native_noise(line: str) -> bool:
+    return "USDT" in line and any(word in line for word in _NATIVE_NOISE)
+
+
+@contextlib.contextmanager
+def native_output_filtered() -> Iterator[None]:
+    """Redirect fd 1 and 2 into temp files (at OS level, where C++ writes), then re-emit all but
+    Kineto's USDT start/stop lines to where they were going."""
+    import sys
+
+    saved: list[tuple[int, int, Any]] = []
+    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        with contextlib.suppress(Exception):
+            stream.flush()
+        try:
+            keep = os.dup(fd)
+        except OSError:  # no such fd (a daemon): nothing to filter
+            continue
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below, after fd restore)
+        os.dup2(tmp.fileno(), fd)
+        saved.append((fd, keep, tmp))
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, keep, tmp in saved:
+            os.dup2(keep, fd)
+            os.close(keep)
+            tmp.seek(0)
+            text = tmp.read()
+            tmp.close()
+            rest = [ln for ln in text.splitlines(keepends=True) if not is_native_noise(ln.decode(errors="replace"))]
+            if rest:
+                os.write(fd, b"".join(rest))
 
 
 def _gzip_into(src: Path, dest: Path) -> None:

@@ -28,6 +28,9 @@ from qtrace.errors import QtraceError
 
 RUN_FILE = "run.json"
 TRACE_NAME = "trace.json.gz"
+LEAN_TRACE_NAME = "lean_trace.json.gz"
+LEAN_NOTE_CPU = ("no lean trace: the device is a CPU, and a lean trace records CUDA activity only (kernels, "
+                 "copies, runtime calls); on a CPU only the full trace exists")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Settings:
     int8_threshold: float = 6.0
     outlier_dims: int = 0
     trust_remote_code: bool = False
+    lean: bool | None = None  # None: on where the device is CUDA
 
     def validate(self) -> None:
         for name in ("batch_size", "seq_len", "new_tokens", "iters"):
@@ -90,6 +94,12 @@ class ProfileResult:
         if entry is None:
             raise KeyError(f"precision {precision!r} not in this run ({', '.join(self.precisions) or 'none'})")
         return self.out / entry["trace"] if entry.get("trace") else None
+
+    def lean_trace_path(self, precision: str) -> Path | None:
+        """`<precision>/lean_trace.json.gz` (CUDA activity only), or None (CPU, --no-lean)."""
+        self.trace_path(precision)  # the same KeyError for an unknown precision
+        entry = self.run["precisions"][precision]
+        return self.out / entry["lean_trace"] if entry.get("lean_trace") else None
 
     def to_frame(self) -> Any:
         """One row per precision (index: precision), plain columns with units in their names."""
@@ -144,6 +154,7 @@ def profile(
     int8_threshold: float = 6.0,
     outlier_dims: int = 0,
     trust_remote_code: bool = False,
+    lean: bool | None = None,
     progress: Callable[[str], None] | None = None,
     quiet: bool = False,
 ) -> ProfileResult:
@@ -152,12 +163,14 @@ def profile(
     model: preset name (default tiny-llama), local HF checkout folder, or HF id already in the
     local cache (never downloaded). precisions: list or comma string of fp32, fp16, bf16, int8,
     nf4 (default fp16,int8,nf4 on CUDA, fp32,int8,nf4 on CPU). progress: called with one-line
-    status messages (default: stderr, unless quiet).
+    status messages (default: stderr, unless quiet). lean: after each full trace, record the
+    same steps with CUDA activity only (`<precision>/lean_trace.json.gz`, the trace `qtrace
+    compare` times phases with); default on a CUDA device, impossible on a CPU.
     """
     from qtrace.capture import models
 
     settings = Settings(model, None, task, batch_size, seq_len, new_tokens, warmup, iters, profile_steps,
-                        device, seed, float(int8_threshold), outlier_dims, trust_remote_code)
+                        device, seed, float(int8_threshold), outlier_dims, trust_remote_code, lean)
     settings.validate()
     if task not in models.TASKS:
         raise QtraceError(f"unknown task {task!r}; choose from {', '.join(models.TASKS)}")
@@ -276,7 +289,7 @@ class _Runner:
             "new_tokens": s.new_tokens, "warmup": s.warmup, "iters": s.iters, "profile_steps": s.profile_steps,
             "seed": s.seed, "int8_threshold": s.int8_threshold, "outlier_dims": s.outlier_dims,
             "outlier_dim_indices": [], "device": str(self.dev), "precisions": list(self.precisions),
-            "trust_remote_code": s.trust_remote_code,
+            "trust_remote_code": s.trust_remote_code, "lean": self._lean_on(),
         }
         return {
             "qtrace_version": __version__,
@@ -349,6 +362,35 @@ class _Runner:
         entry["trace_bytes"] = info["trace_bytes"]
         entry["annotated_modules"] = info["annotated_modules"]
         self.say.line(f"{tag} trace {trace} ({fmt_bytes(info['trace_bytes'])})")
+        self._lean(model, work, loaded, meta, entry, tag)
+
+    def _lean_on(self) -> bool:
+        return self.dev.type == "cuda" and self.s.lean is not False
+
+    def _lean(self, model: Any, work: Any, loaded: Any, meta: dict[str, Any], entry: dict[str, Any],
+              tag: str) -> None:
+        """The lean trace of the same steps, after the full one (run.json: lean_trace, lean_trace_bytes)."""
+        from qtrace.capture import protocol as capture
+
+        entry["lean_trace"] = None
+        if self.dev.type != "cuda":
+            entry["lean_note"] = LEAN_NOTE_CPU
+            return
+        if self.s.lean is False:
+            entry["lean_note"] = "no lean trace: --no-lean"
+            return
+        lean = self.out / loaded.precision / LEAN_TRACE_NAME
+        self.say.line(f"{tag} lean trace (CUDA activity only), {self.s.profile_steps} step(s) ...")
+        try:
+            info = capture.lean_pass(model, work, self.s.profile_steps, self.dev, lean, meta, self.say.counter(tag))
+        except Exception as exc:  # the full trace and timings stand without it
+            entry["lean_note"] = f"lean trace failed: {one_line(exc)}"
+            self.say.line(f"{tag} {entry['lean_note']}")
+            return
+        entry["lean_trace"] = lean.relative_to(self.out).as_posix()
+        entry["lean_trace_bytes"] = info["trace_bytes"]
+        entry["lean_note"] = None
+        self.say.line(f"{tag} lean trace {lean} ({fmt_bytes(info['trace_bytes'])})")
 
     def _metadata(self, loaded: Any) -> dict[str, Any]:
         from qtrace.capture import environment as qdevice
@@ -373,7 +415,7 @@ class _Runner:
 
 def _empty_entry(precision: str, dev: Any) -> dict[str, Any]:
     return {
-        "status": "error", "error": None, "trace": None, "compute_dtype": None,
+        "status": "error", "error": None, "trace": None, "lean_trace": None, "compute_dtype": None,
         "load": None, "latency_ms": None, "generate": None, "memory": None, "energy": None,
         "timer": "cuda_event" if dev.type == "cuda" else "perf_counter", "warnings": [],
     }
@@ -393,6 +435,8 @@ def equivalent_command(s: Settings, model: str, precisions: tuple[str, ...], dev
            "--warmup", str(s.warmup), "--iters", str(s.iters), "--profile-steps", str(s.profile_steps),
            "--device", str(dev), "--seed", str(s.seed), "--int8-threshold", str(s.int8_threshold),
            "--outlier-dims", str(s.outlier_dims), "--out", str(out)]
+    if s.lean is not None:
+        cmd.append("--lean" if s.lean else "--no-lean")
     return cmd + (["--trust-remote-code"] if s.trust_remote_code else [])
 
 

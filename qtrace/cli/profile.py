@@ -33,23 +33,28 @@ PRECISION_HELP = ("Comma list of fp32, fp16, bf16, int8 (LLM.int8), nf4 (NF4 + d
               help="Scale N fixed hidden dims of every norm weight x30, so LLM.int8 meets outlier columns "
                    "as in trained models (random weights have none).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a checkout's own Python code (off by default).")
+@click.option("--lean/--no-lean", default=None,
+              help="After each full trace, record the same steps with CUDA activity only (lean_trace.json.gz), "
+                   "which `qtrace compare` times phases with. Default: on with a CUDA device; a CPU has none.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def profile_cmd(model: str | None, precisions: str | None, task: str, batch_size: int, seq_len: int,
                 new_tokens: int, warmup: int, iters: int, profile_steps: int, device: str, out: str | None,
                 force: bool, seed: int, int8_threshold: float, outlier_dims: int, trust_remote_code: bool,
-                quiet: bool) -> None:
+                lean: bool | None, quiet: bool) -> None:
     """Measure MODEL at several precisions and record one torch.profiler trace per precision.
 
     MODEL is a built-in preset (default tiny-llama; see `qtrace presets`), a local Hugging Face
     checkout folder, or a Hugging Face id already in the local cache (never downloaded).
-    Writes <out>/run.json and <out>/<precision>/trace.json.gz, and prints a short table.
+    Writes <out>/run.json and <out>/<precision>/trace.json.gz (on CUDA also lean_trace.json.gz), and prints a
+    short table.
     """
     from qtrace.capture.runner import profile
 
     result = profile(model=model, precisions=precisions, task=task, batch_size=batch_size, seq_len=seq_len,
                      new_tokens=new_tokens, warmup=warmup, iters=iters, profile_steps=profile_steps,
                      device=device, out=out, force=force, seed=seed, int8_threshold=int8_threshold,
-                     outlier_dims=outlier_dims, trust_remote_code=trust_remote_code, quiet=quiet)
+                     outlier_dims=outlier_dims, trust_remote_code=trust_remote_code, lean=lean,
+                     quiet=quiet)
     click.echo(result.table())
     click.echo(f"run folder: {result.out}")
 
