@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "profile": ("qtrace.capture.runner", "profile"),
     "ProfileResult": ("qtrace.capture.runner", "ProfileResult"),
+    "record": ("qtrace.capture.record", "record"),
     "QtraceError": ("qtrace.errors", "QtraceError"),
 }
 

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("qtrace.cli.compare", "compare_cmd", "Explain the slowdown between precisions, phase by phase."),
     "view": ("qtrace.cli.view", "view_cmd", "Say how to open an annotated trace in Perfetto or chrome://tracing."),
     "sweep": ("qtrace.cli.sweep", "sweep_cmd", "Measure precisions across batch sizes and find the crossover."),
+    "run": ("qtrace.cli.run", "run_cmd", "Run your own script unchanged and explain the models it loads and calls."),
     "calibrate": ("qtrace.cli.calibrate", "calibrate_cmd", "Measure this GPU's copy and GEMM peaks."),
 }
 
