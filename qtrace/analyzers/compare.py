@@ -20,8 +20,10 @@ Balance (per run; d(x) = x_run - x_baseline, all in the comparison's unit):
 
 so the trace waterfall  baseline span + sum d(gpu_time) - d(overlap) + sum d(exposed) + d(unattributed)
 ends exactly at the run's span. Waterfalls are drawn per pass whenever pass counts are known. With
-un-profiled latencies, the measured waterfall keeps the GPU bars and scales the host-side bars so they
-end at the measured latency (see docs/compare.md).
+un-profiled latencies, the measured waterfall takes its GPU and host bars from the run folders' lean
+traces (CUDA activity only, qtrace.analyzers.lean_compare); without lean traces it falls back to the
+traced bars minus a per-event profiler cost; on CPU-only runs it scales the traced phase shares and
+claims no explained share (see docs/compare.md).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from typing import Any
 
 import pandas as pd
 
+from qtrace.analyzers import lean_compare
 from qtrace.analyzers.attribution import op_phases, runtime_phases
+from qtrace.analyzers.lean_timing import lean_summary
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.analyzers.trace_analysis import TraceReport
 
@@ -64,6 +68,8 @@ class RunFigures:
     trace_ms_source: str
     events: pd.Series  # host events the profiler recorded per phase (ops, annotations, runtime calls), scaled
     measured_spread_ms: float | None = None  # p90 - min of the un-profiled timed pass, per iteration
+    lean: Any = None  # qtrace.analyzers.lean_timing.LeanTiming of the run folder's lean trace, if any
+    lean_note: str | None = None  # why there is no lean timing
 
     @property
     def source(self) -> str:
@@ -85,6 +91,16 @@ class RunFigures:
             return self.trace_ms / self.measured_ms
         return None
 
+    @property
+    def lean_inflation(self) -> float | None:
+        """Lean traced ms per pass / un-profiled ms per iteration: what even the lean profiler costs."""
+        span = self.lean.span_ms() if self.lean is not None else None
+        return span / self.measured_ms if span and self.measured_ms else None
+
+    @property
+    def lean_trace(self) -> str | None:
+        return self.lean.source if self.lean is not None else None
+
 
 @dataclass
 class RunComparison:
@@ -100,6 +116,8 @@ class RunComparison:
     trace_waterfall: list[dict[str, Any]]
     measured_waterfall: list[dict[str, Any]] | None
     measured_note: str | None
+    explained_share: float | None = None  # explained / measured latency delta (None: not claimed)
+    explanation: str | None = None  # "lean trace" | "profiler cost model (no lean trace)" | "cpu: ..." | None
 
     @property
     def memory_delta(self) -> dict[str, float]:
@@ -360,9 +378,53 @@ def profiler_cost_per_event_us(base: RunFigures) -> float | None:
     return cost if cost > 0 else None
 
 
+EXPLAIN_LEAN = "lean trace"
+EXPLAIN_COST = "profiler cost model (no lean trace)"
+EXPLAIN_CPU = "cpu: traced phase shares scaled to the measured time"
+
+
+def explain_measured(base: RunFigures, run: RunFigures, trace_steps: list[dict[str, Any]],
+                     unit: str) -> tuple[list[dict[str, Any]] | None, str | None, float | None, str | None]:
+    """(measured waterfall, note, explained share, explanation source), best source first.
+
+    Lean traces of both runs: bars from them. No CUDA activity in either trace: the CPU figure
+    (no share claimed). Otherwise the per-event cost model, as the fallback it is.
+    """
+    if not (base.measured_ms and run.measured_ms):
+        return None, "no un-profiled latency for both runs (give run folders from `qtrace profile`)", None, None
+    if base.lean is not None and run.lean is not None:
+        steps, residual, share = lean_compare.lean_waterfall(base.label, base.measured_ms, run.label, run.measured_ms,
+                                                             base.lean, run.lean)
+        cov = [f"{f.label} {f.lean.alignment.coverage:.0%}" for f in (base, run)
+               if f.lean.alignment.coverage is not None]
+        infl = [f"{f.label} x{f.lean_inflation:.2f}" for f in (base, run) if f.lean_inflation]
+        note = ("GPU and host bars per phase from the lean traces (CUDA activity only; lean traced / un-profiled: "
+                + ", ".join(infl) + "; phases carried over from the full traces, alignment coverage "
+                + (", ".join(cov) or "n/a") + "); they explain "
+                + (f"{share:.0%} of the measured delta" if share is not None else "a zero measured delta")
+                + f", {residual / 1000:+.2f} ms is left unexplained" + residual_reading(base, run, residual))
+        return steps, note, share, EXPLAIN_LEAN
+    if not base.report.trace.has_gpu and not run.report.trace.has_gpu:
+        steps = lean_compare.cpu_waterfall(
+            base.label, base.measured_ms, base.phases * (base.per_pass or 1.0),
+            base.host["idle_unattributed_us"] * (base.per_pass or 1.0), run.label, run.measured_ms,
+            run.phases * (run.per_pass or 1.0), run.host["idle_unattributed_us"] * (run.per_pass or 1.0))
+        return steps, lean_compare.CPU_NOTE, None, EXPLAIN_CPU
+    steps, note = measured_waterfall(base, run, trace_steps, unit)
+    if steps is None:
+        return None, note, None, None
+    missing = [f"{f.label}: {f.lean_note}" for f in (base, run) if f.lean is None and f.lean_note]
+    note = (f"fallback, no lean trace for both runs ({'; '.join(missing) or 'none found'}): " + (note or ""))
+    explained = sum(s["value_us"] for s in steps[1:-1] if s["kind"] != "residual")
+    d_meas = (run.measured_ms - base.measured_ms) * 1000.0
+    return steps, note, (explained / d_meas if abs(d_meas) > _TOL_US else None), EXPLAIN_COST
+
+
 def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict[str, Any]],
                        unit: str) -> tuple[list[dict[str, Any]] | None, str | None]:
     """Measured baseline latency -> measured run latency, explained by the trace without the profiler.
+
+    The fallback where no lean trace exists (explain_measured picks).
 
     The profiler inflates host time by roughly a fixed cost per recorded event (op, annotation,
     runtime call) and hardly touches kernel time. So GPU bars stay as traced, and each host-side
@@ -530,9 +592,22 @@ def _choose_unit(counts: list[tuple[int | None, str]], labels: list[str]) -> tup
     return "pass", counts, notes
 
 
+def attach_lean(fig: RunFigures) -> None:
+    """The run folder's lean trace, aligned and timed, when the run has a measured latency and GPU activity."""
+    if not fig.measured_ms:
+        return
+    if not fig.report.trace.has_gpu:
+        fig.lean_note = "no CUDA activity in the trace, so no lean trace"
+        return
+    fig.lean, fig.lean_note = lean_compare.find_lean(fig.source, fig.precision, fig.passes)
+
+
 def compare_reports(reports: list[TraceReport], baseline: str | int | None = None,
-                    passes: int | None = None, labels: list[str] | None = None) -> Comparison:
-    """Compare each report against the baseline (the first unless named)."""
+                    passes: int | None = None, labels: list[str] | None = None, lean: bool = True) -> Comparison:
+    """Compare each report against the baseline (the first unless named).
+
+    lean: read the run folders' lean traces for the measured waterfall (False: the cost model only).
+    """
     from qtrace.errors import QtraceError
 
     if len(reports) < 2:
@@ -542,6 +617,9 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
     unit, counts, notes = _choose_unit([pass_count(r, passes) for r in reports], labels)
     figs = [_figures(r, labels[i], counts[i][0], counts[i][1], unit) for i, r in enumerate(reports)]
     base = figs[b_index]
+    if lean:
+        for fig in figs:
+            attach_lean(fig)
     models = {str(r.trace.qtrace_meta.get("model")) for r in reports if r.trace.qtrace_meta.get("model")}
     if len(models) > 1:
         notes.append(f"the runs are of different models ({', '.join(sorted(models))}): deltas mix model and precision")
@@ -564,11 +642,11 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
                       for k in (*HOST_FIELDS, "overlap_us", "idle_unattributed_us")}
         factor, w_unit = waterfall_factor(base, fig)
         tw = trace_waterfall(base, fig, d, factor)
-        mw, note = measured_waterfall(base, fig, tw, w_unit)
+        mw, note, share, how = explain_measured(base, fig, tw, w_unit)
         comps.append(RunComparison(run=fig, baseline=base, latency_ratio=ratio, latency_source=src,
                                    host_delta=host_delta, gpu_time_us_delta=fig.gpu_time_us - base.gpu_time_us,
                                    waterfall_unit=w_unit, trace_waterfall=tw, measured_waterfall=mw,
-                                   measured_note=note))
+                                   measured_note=note, explained_share=share, explanation=how))
         for key, rows in memory_deltas(base, fig).items():
             mem.setdefault(key, []).extend(rows)
     cols = ["run", "phase", "group", *(f"{c}_delta" for c in DELTA_FIELDS)]
@@ -612,7 +690,13 @@ def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
         "host": {k: _num(v) if k in ("launches", "syncs") else float(v) for k, v in fig.host.items()},
         "phases": phases,
         "is_baseline": fig is c.baseline,
+        "lean_trace": fig.lean_trace,
+        "lean_inflation": fig.lean_inflation,
     }
+    if fig.lean is not None:
+        out["lean"] = lean_summary(fig.lean)
+    elif fig.lean_note:
+        out["lean_note"] = fig.lean_note
     if fig is c.baseline:
         out.update({"latency_ratio": 1.0, "latency_source": None})
         return out
@@ -625,6 +709,8 @@ def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
                        for k, v in comp.host_delta.items()},
         "waterfall": {"unit": comp.waterfall_unit, "trace": comp.trace_waterfall, "measured": comp.measured_waterfall,
                       "measured_note": comp.measured_note},
+        "explained_share": comp.explained_share,
+        "explanation": comp.explanation,
     })
     mem = memory_totals_delta(c.baseline, fig)
     if mem:
