@@ -413,8 +413,6 @@ def explain_measured(base: RunFigures, run: RunFigures, trace_steps: list[dict[s
     steps, note = measured_waterfall(base, run, trace_steps, unit)
     if steps is None:
         return None, note, None, None
-    missing = [f"{f.label}: {f.lean_note}" for f in (base, run) if f.lean is None and f.lean_note]
-    note = (f"fallback, no lean trace for both runs ({'; '.join(missing) or 'none found'}): " + (note or ""))
     explained = sum(s["value_us"] for s in steps[1:-1] if s["kind"] != "residual")
     d_meas = (run.measured_ms - base.measured_ms) * 1000.0
     return steps, note, (explained / d_meas if abs(d_meas) > _TOL_US else None), EXPLAIN_COST

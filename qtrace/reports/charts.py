@@ -157,7 +157,7 @@ def kernel_labels(names: Sequence[str], width: int = 52) -> list[str]:
 def _merge_small(steps: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """Per section (GPU bars, host bars), the `top` largest bars by size; the rest merged into one bar."""
     out: list[dict[str, Any]] = []
-    sections = (("GPU", ("gpu", "overlap")), ("host", ("host", "unattributed")))
+    sections = (("GPU", ("gpu", "overlap")), ("host", ("host", "unattributed")), ("CPU estimate", ("scaled",)))
     for title, kinds in sections:
         items = sorted((s for s in steps if s["kind"] in kinds), key=lambda s: -abs(s["value_us"]))
         keep, rest = items[:top], items[top:]
@@ -251,8 +251,12 @@ def waterfall_chart(comp: Any, top: int = 6) -> Figure:
             sub = []
             if infl:
                 sub.append("profiler inflation " + ", ".join(infl))
-            if abs(d) > 0:
-                sub.append(f"host bars less the profiler's cost per event; trace explains {1 - residual / d:.0%}")
+            if comp.explanation and comp.explanation.startswith("cpu"):
+                sub.append("CPU: traced phase shares x measured time, an estimate; no explained share")
+            elif abs(d) > 0:
+                how = ("bars from the lean traces" if comp.explanation == "lean trace"
+                       else "host bars less the profiler's cost per event")
+                sub.append(f"{how}; trace explains {1 - residual / d:.0%}")
             _waterfall_axes(ax, steps, top, title + "\n" + "; ".join(sub), "iteration")
     handles = [Patch(facecolor="white", edgecolor="#333333", label="GPU kernel time delta"),
                Patch(facecolor="white", edgecolor="#333333", hatch=HOST_HATCH,

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 14's proof on an H200: does a lean trace (CUDA activity only) explain the measured slowdown?
+# One device call of at most ~8 minutes. From the repository root on the GPU host:
+#   OUT=/some/dir bash examples/lean/gpu_session.sh
+# (the device runner sets OUT; carry .whl: the bitsandbytes + msgspec wheels, installed below.)
+# Matrix: modernbert-base and qwen2.5-0.5b, --task classify, batch 1 and 32, fp16,int8,nf4, with and
+# without --outlier-dims 6; every `qtrace profile` records a full and a lean trace per precision.
+# Then int8 with --int8-threshold 0 (no outlier path: the causal check on one case) and the
+# interleaved A/A check of benchmarks/latency_agreement.py. Each step has its own time limit and no
+# step starts after DEADLINE seconds; results are packed as they finish (at most 8 files come back).
+set -u
+OUT=${OUT:-/tmp/qtrace-lean}
+RUNS=/tmp/qtrace-lean-runs
+DEADLINE=${DEADLINE:-450}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1 QTRACE_CACHE=/tmp/qtrace-cache TOKENIZERS_PARALLELISM=false
+PY=/opt/torch/.venv/bin/python3
+[ -x "$PY" ] || PY=python3
+LOG=$OUT/log.txt
+START=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+if ! "$PY" -c "import bitsandbytes, msgspec" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    2>&1 | tee -a "$LOG"
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nproc; uptime
+  "$PY" -c "import torch, transformers, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', b.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+profile() {  # profile <name> <limit s> <args...>
+  local name=$1 limit=$2; shift 2
+  if [ "$(left)" -lt 25 ]; then echo "=== SKIP $name (deadline)" | tee -a "$LOG"; return; fi
+  [ "$limit" -gt "$(left)" ] && limit=$(left)
+  echo "=== $name ($(left) s left): qtrace profile $*" | tee -a "$LOG"
+  timeout "$limit" "$PY" -m qtrace profile "$@" --out "$RUNS/$name" --force 2>&1 | tee -a "$LOG"
+}
+pack() {  # pack <archive> <run names...>: full traces over 3 MB dropped (lean traces and run.json kept)
+  local t=$1; shift
+  (cd "$RUNS" && find "$@" -name trace.json.gz -size +3M -printf '%p dropped (over 3 MB)\n' -delete 2>/dev/null \
+     | tee -a "$LOG"; tar czf "$OUT/$t.tgz" "$@" 2>/dev/null)
+}
+
+C="--task classify --seq-len 128 --iters 10 --warmup 2 --profile-steps 2 --precision fp16,int8,nf4"
+# bs1 first: the host-bound cases the lean trace exists for; their full+lean pairs are kept whole.
+profile qwen_bs1 70 qwen2.5-0.5b $C --batch-size 1
+profile mb_bs1 50 modernbert-base $C --batch-size 1
+(cd "$RUNS" && tar czf "$OUT/pairs_bs1.tgz" qwen_bs1 mb_bs1 2>/dev/null)
+profile qwen_bs1_out6 70 qwen2.5-0.5b $C --batch-size 1 --outlier-dims 6
+profile mb_bs1_out6 50 modernbert-base $C --batch-size 1 --outlier-dims 6
+profile qwen_bs1_out6_thr0 40 qwen2.5-0.5b --task classify --seq-len 128 --iters 10 --warmup 2 --profile-steps 2 \
+  --precision fp16,int8 --batch-size 1 --outlier-dims 6 --int8-threshold 0
+pack bs1_more qwen_bs1_out6 mb_bs1_out6 qwen_bs1_out6_thr0
+profile qwen_bs32 70 qwen2.5-0.5b $C --batch-size 32
+profile mb_bs32 50 modernbert-base $C --batch-size 32
+profile qwen_bs32_out6 70 qwen2.5-0.5b $C --batch-size 32 --outlier-dims 6
+profile mb_bs32_out6 50 modernbert-base $C --batch-size 32 --outlier-dims 6
+pack bs32 qwen_bs32 mb_bs32 qwen_bs32_out6 mb_bs32_out6
+if [ "$(left)" -ge 60 ]; then
+  echo "=== latency_agreement A/A control, qwen bs1 ($(left) s left)" | tee -a "$LOG"
+  timeout $(( $(left) - 15 )) "$PY" benchmarks/latency_agreement.py qwen2.5-0.5b --precision fp16,int8 --batch-size 1 \
+    --blocks 6 --block-iters 4 --warmup 3 --control 2>>"$LOG" | tee -a "$OUT/agreement.jsonl"
+else
+  echo "=== SKIP latency_agreement (deadline)" | tee -a "$LOG"
+fi
+echo "=== summary ($(left) s left)" | tee -a "$LOG"
+timeout 120 "$PY" examples/lean/summary.py "$RUNS" --json "$OUT/summary.json" 2>>"$LOG" | tee "$OUT/summary.txt"
+echo "=== done ($(left) s left)" | tee -a "$LOG"
+ls -la "$OUT" | tee -a "$LOG"
