@@ -258,7 +258,8 @@ def _never_called(entry: dict[str, Any]) -> dict[str, Any] | None:
     if (entry.get("calls") or {}).get("count"):
         return None
     return _finding("never-called", "info", "the model was loaded but never called",
-                    {"load_seconds": (entry.get("load") or {}).get("seconds"), "resident_bytes": entry.get("total_bytes")},
+                    {"load_seconds": (entry.get("load") or {}).get("seconds"),
+                     "resident_bytes": entry.get("total_bytes")},
                     "drop the load, or call the model object that was loaded (a copy made with .to() is the same "
                     "object; one built anew is not)", 0.0, "none")
 

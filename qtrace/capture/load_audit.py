@@ -7,6 +7,7 @@ findings.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from typing import Any
@@ -94,10 +95,8 @@ def module_kinds(model: Any) -> dict[str, str]:
     from qtrace.capture.models import is_norm
 
     out_emb = None
-    try:
+    with contextlib.suppress(AttributeError, NotImplementedError):
         out_emb = model.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        pass
     heads = [n for n, m in model.named_modules() if n and (m is out_emb or n.split(".")[-1] in HEAD_NAMES)]
     kinds: dict[str, str] = {}
     for name, module in model.named_modules():

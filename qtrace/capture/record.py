@@ -443,6 +443,12 @@ class Recorder:
                                         "recorded until then")
         else:
             fileio.clear_incomplete(out)
+        for key, e in self.run["precisions"].items():  # findings first, costliest first
+            lat = ((e.get("latency_ms") or {}).get("per_example") or {}).get("median")
+            self._say(f"{key}: {(e.get('calls') or {}).get('count', 0)} call(s)"
+                      + (f", {lat:.3f} ms/example" if lat is not None else ""))
+            for f in (e.get("findings") or [])[:5]:
+                self._say(f"  [{f['severity']}] {f['id']}: {f['title']}; fix: {f['fix']}")
         self._say(f"wrote {out / RUN_FILE} ({len(self.entries)} model(s)); explain it with: qtrace report {out}")
 
     def prepare_out(self) -> Path:
