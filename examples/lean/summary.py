@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     table: list[dict[str, Any]] = []
-    for d in sorted(p.parent for p in Path(args.runs).glob("*/run.json")):
-        out = compare(d)
-        if out is not None:
-            table += rows(d.name, out)
+    dirs = sorted(p.parent for p in Path(args.runs).glob("*/run.json"))
+    # One process per run folder, in parallel: the GPU host has 16 cores and the visit little time left.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for d, out in zip(dirs, pool.map(compare, dirs), strict=True):
+            if out is not None:
+                table += rows(d.name, out)
     head = ("case", "run", "base ms", "run ms", "explained", "lean infl base", "lean infl run", "full infl run",
             "coverage", "residual ms", "explanation")
     lines = [head]
