@@ -165,6 +165,19 @@ def test_step_count_mismatch_aligns_the_whole_window_and_says_so(tmp_path):
     assert a.coverage == pytest.approx(2 / 3)
 
 
+def test_steps_not_found_time_the_window_as_the_expected_passes(tmp_path):
+    obj = lean_trace(2)
+    obj["traceEvents"] = [e for e in obj["traceEvents"] if e["name"] != "cudaDeviceSynchronize"]
+    lean = load_trace(write(obj, tmp_path / "l.json.gz"))
+    full = load_trace(write(full_trace(2), tmp_path / "f.json.gz"))
+    t = lean_timing(lean, align(full, lean, expected_steps=2))
+    assert t.alignment.lean_steps.source == "whole window" and t.n == 2
+    assert any("not the 2 profiled steps" in n for n in t.notes)
+    assert t.per_pass()["gpu_time_us"].sum() == 16.0  # the window's 32 µs of kernels over 2 passes
+    span = t.passes["span_us"].iloc[0]
+    assert t.span_ms() == pytest.approx(span / 2 / 1000.0)
+
+
 # --- timing -----------------------------------------------------------------------------------
 
 

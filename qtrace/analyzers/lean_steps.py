@@ -33,6 +33,7 @@ class Steps:
     source: str  # "ProfilerStep markers" | "cudaDeviceSynchronize boundaries" | "whole window"
     launch_thread: tuple[str, str] | None
     notes: list[str] = field(default_factory=list)
+    passes_per_step: int = 1  # > 1 when the whole window stands for that many passes (steps not found)
 
 
 def launch_thread(trace: Trace) -> tuple[str, str] | None:
@@ -106,10 +107,13 @@ def sync_steps(trace: Trace, expected: int | None = None) -> Steps:
                      f"{expected} profiled steps: the whole window is used as one unit")
         rt_step = np.where(rt_step >= 0, 0, -1)
         n, source = 1, "whole window"
+        per_step = expected
+    else:
+        per_step = 1
     # last instant of each step: its last call's end, for GPU events without a launching call
     ends = pd.Series(rt["end"].to_numpy()).groupby(rt_step).max()
     cuts = ends[ends.index >= 0].to_numpy()
-    return Steps(rt_step, _gpu_steps(trace, rt_step, cuts), max(n, 1), source, thread, notes)
+    return Steps(rt_step, _gpu_steps(trace, rt_step, cuts), max(n, 1), source, thread, notes, per_step)
 
 
 def trace_steps(trace: Trace, expected: int | None = None) -> Steps:

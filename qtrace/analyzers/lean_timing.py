@@ -51,7 +51,12 @@ class LeanTiming:
 
     @property
     def n(self) -> int:
-        return len(self.passes)
+        """Passes timed: rows of `passes` times the passes each stands for (a whole window may hold several)."""
+        return len(self.passes) * self.alignment.lean_steps.passes_per_step
+
+    @property
+    def _per_row(self) -> int:
+        return self.alignment.lean_steps.passes_per_step
 
     def per_pass(self) -> pd.DataFrame:
         """Mean over passes, indexed by phase (a phase absent from a pass counts 0 there)."""
@@ -60,12 +65,12 @@ class LeanTiming:
         return self.phases.groupby("phase")[list(PHASE_FIELDS)].sum() / max(self.n, 1)
 
     def span_ms(self) -> float | None:
-        return float(self.passes["span_us"].mean()) / 1000.0 if self.n else None
+        return float(self.passes["span_us"].mean()) / 1000.0 / self._per_row if self.n else None
 
     def totals(self) -> dict[str, float]:
         """Mean per pass of the pass totals (span_us, gpu_busy_us, gpu_time_us, overlap_us, idle_us)."""
         cols = ["span_us", "gpu_busy_us", "gpu_time_us", "overlap_us", "idle_us"]
-        return {c: float(self.passes[c].mean()) if self.n else 0.0 for c in cols}
+        return {c: float(self.passes[c].mean()) / self._per_row if self.n else 0.0 for c in cols}
 
 
 def runtime_call_phases(lean: Trace, gpu_phase: pd.Series) -> pd.DataFrame:
