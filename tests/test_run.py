@@ -226,3 +226,25 @@ def test_record_api_generate_counts_once(tmp_path: Path) -> None:
 
     names = set(load_trace(out / rec.run["precisions"]["m0-fp32"]["trace"]).ops["name"])
     assert "qtrace.step:prefill" in names and "qtrace.step:decode" in names and "ProfilerStep#1" in names
+
+
+def test_recording_keeps_no_model_alive(fp32_checkpoint: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A script that deletes its model gets the memory back (the seed notebook measures VRAM so)."""
+    script = _script(tmp_path, "free.py", f"""
+        import gc, weakref, torch
+        from transformers import AutoModelForSequenceClassification
+        m = AutoModelForSequenceClassification.from_pretrained({str(fp32_checkpoint)!r})
+        with torch.no_grad():
+            m(input_ids=torch.ones(1, 8, dtype=torch.long) * 5)
+            m(input_ids=torch.ones(1, 8, dtype=torch.long) * 5)
+        ref = weakref.ref(m)
+        del m
+        gc.collect()
+        print("freed" if ref() is None else "alive")
+        """)
+    code, out, err = run_cli(capsys, "run", "--out", str(tmp_path / "out"), "--skip", "0", "--steps", "1",
+                             str(script))
+    assert code == 0, err
+    assert "freed" in out
+    assert _run(tmp_path / "out")["precisions"]["m0-fp32"]["calls"]["count"] == 2

@@ -196,16 +196,23 @@ def _quant_casts(entry: dict[str, Any], tf: dict[str, Any]) -> dict[str, Any] | 
 
 def _autocast_casts(entry: dict[str, Any], tf: dict[str, Any]) -> dict[str, Any] | None:
     o = tf["casts_other"]
-    if not entry.get("autocast_dtype") or not o["count"]:
+    ac = entry.get("autocast_dtype")
+    if not ac or not o["count"]:
         return None
-    return _finding("autocast-casts", "info" if o["us"] / _step_us(entry) < 0.05 else "warning",
-                    f"under {entry['autocast_dtype']} autocast: {o['count']} casts, {o['us'] / 1e3:.2f} ms host time "
-                    f"in {tf.get('steps')} recorded step(s)",
-                    {**o, "steps": tf.get("steps"), "autocast_dtype": entry.get("autocast_dtype"),
-                     "model_dtype": entry.get("model_dtype")},
-                    "load the model in the autocast dtype (dtype=torch.float16) and drop autocast, so weights are not "
-                    "cast on every call",
-                    o["us"] / _step_us(entry), "share of recorded call time")
+    share = o["us"] / _step_us(entry)
+    if entry.get("model_dtype") == ac:  # weights already in the autocast dtype: what is cast is autocast's fp32 ops
+        fix = ("the weights are already " + ac + "; these casts are autocast's own (ops it runs in fp32, fp32 "
+               "buffers): dropping autocast saves only them")
+        severity = "info"
+    else:
+        fix = (f"load the model in the autocast dtype (dtype=torch.{_torch_name(ac)}) so its float weights are not "
+               "cast on every call")
+        severity = "warning" if share > 0.05 else "info"
+    return _finding("autocast-casts", severity,
+                    f"under {ac} autocast: {o['count']} casts outside the quantized layers, "
+                    f"{o['us'] / 1e3:.2f} ms host time in {tf.get('steps')} recorded step(s)",
+                    {**o, "steps": tf.get("steps"), "autocast_dtype": ac, "model_dtype": entry.get("model_dtype")},
+                    fix, share, "share of recorded call time")
 
 
 def _outliers(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -234,7 +241,7 @@ def _host_bound(entry: dict[str, Any]) -> dict[str, Any] | None:
     tf = entry.get("trace_facts") or {}
     if not tf.get("has_gpu") or not str(tf.get("verdict", "")).startswith("host-bound"):
         return None
-    return _finding("host-bound", "warning", tf["verdict"],
+    return _finding("host-bound", "warning", tf["verdict"].removeprefix("host-bound: "),
                     {"gpu_idle_share": tf["gpu_idle_share"], "syncs": tf["syncs"], "window_us": tf["window_us"]},
                     "raise the batch size, or avoid layers that sync per call (LLM.int8's outlier check)",
                     tf["gpu_idle_share"], "GPU idle share of the recorded window")

@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 import warnings
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ class _Entry:
     """One loaded model: its facts, hooks and calls."""
 
     def __init__(self, rec: Recorder, key: str, model: Any, facts: dict[str, Any]) -> None:
-        self.rec, self.key, self.model, self.facts = rec, key, model, facts
+        # Only a weak reference: a script that deletes its model and empties the cache (the seed
+        # notebook does, between precisions) must get that memory back, or its own readings change.
+        self.rec, self.key, self._model, self.facts = rec, key, weakref.ref(model), facts
         self.calls: list[_Call] = []
         self.local = threading.local()
         self.handles: list[Any] = []
@@ -67,6 +70,10 @@ class _Entry:
         self.trace_error: str | None = None
         self.generate_patched = False
         self.cuda = facts["device"].startswith("cuda")
+
+    @property
+    def model(self) -> Any:
+        return self._model()
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -95,7 +102,7 @@ class _Entry:
         for h in self.handles:
             h.remove()
         self.handles = []
-        if self.generate_patched:
+        if self.generate_patched and self.model is not None:
             vars(self.model).pop("generate", None)
             self.generate_patched = False
 
@@ -203,7 +210,7 @@ class _Entry:
         from qtrace.capture.protocol import module_annotations
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
-        self.annotations = module_annotations(self.model)
+        self.annotations = module_annotations(self.model)  # the model is being called: it is alive
         n_modules = self.annotations.__enter__()
         self.prof = profile(activities=acts, record_shapes=True, profile_memory=True, with_stack=False)
         with warnings.catch_warnings():
@@ -233,6 +240,7 @@ class _Entry:
                 torch.cuda.synchronize()
             prof.__exit__(None, None, None)
             self.annotations.__exit__(None, None, None)
+            self.annotations = None
             out = self.rec.prepare_out()
             dest = out / self.key / TRACE_NAME
             dest.parent.mkdir(parents=True, exist_ok=True)
