@@ -358,6 +358,19 @@ def test_cpu_runs_get_the_labelled_scaled_shares_and_no_negative_share(tmp_path)
     assert all(s["kind"] in ("start", "scaled", "end") for s in mw)
     assert sum(s["value_us"] for s in mw[1:-1]) == pytest.approx(mw[-1]["value_us"] - mw[0]["value_us"])
     assert "traced share x measured" in mw[1]["label"]
+    # independently: per run, each phase's self time / span x measured; the bar is the difference
+    def shares(fig):
+        ph = fig.report.phases.set_index("phase")["cpu_time_us"]
+        span = fig.report.host["span_us"]
+        out = (ph / span * fig.measured_ms * 1000.0).to_dict()
+        out["no phase"] = (span - ph.sum()) / span * fig.measured_ms * 1000.0
+        return out
+
+    b, r = shares(comp.baseline), shares(comp.run)
+    bars = {(s["phase"] or "no phase"): s["value_us"] for s in mw[1:-1]}
+    assert {"dense.gemm", "no phase"} <= set(bars)
+    for p in set(b) | set(r):
+        assert bars.get(p, 0.0) == pytest.approx(r.get(p, 0.0) - b.get(p, 0.0), abs=1e-9)
     assert "no explained share" in comp.measured_note
     out = c.to_dict()
     int8 = next(r for r in out["runs"] if r["run"] == "int8")

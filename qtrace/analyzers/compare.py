@@ -407,8 +407,8 @@ def explain_measured(base: RunFigures, run: RunFigures, trace_steps: list[dict[s
     if not base.report.trace.has_gpu and not run.report.trace.has_gpu:
         steps = lean_compare.cpu_waterfall(
             base.label, base.measured_ms, base.phases * (base.per_pass or 1.0),
-            base.host["idle_unattributed_us"] * (base.per_pass or 1.0), run.label, run.measured_ms,
-            run.phases * (run.per_pass or 1.0), run.host["idle_unattributed_us"] * (run.per_pass or 1.0))
+            base.host["span_us"] * (base.per_pass or 1.0), run.label, run.measured_ms,
+            run.phases * (run.per_pass or 1.0), run.host["span_us"] * (run.per_pass or 1.0))
         return steps, lean_compare.CPU_NOTE, None, EXPLAIN_CPU
     steps, note = measured_waterfall(base, run, trace_steps, unit)
     if steps is None:

@@ -25,7 +25,7 @@ from qtrace.analyzers.phase_rules import PHASE_ORDER
 
 _TOL_US = 1e-6
 CPU_NOTE = ("no CUDA activity, so no lean trace: the profiler's cost cannot be told apart from the work. Bars: "
-            "each run's traced phase shares (host time inside the phase's ops / traced span) scaled to its measured "
+            "each run's traced phase shares (self time of the phase's ops / traced span) scaled to its measured "
             "time; an estimate that assumes the profiler slowed every phase alike, not an explanation, so no "
             "explained share is given")
 
@@ -99,21 +99,26 @@ def lean_waterfall(base_label: str, base_ms: float, run_label: str, run_ms: floa
     return out, residual, share
 
 
-def _scaled_shares(phases: pd.DataFrame, idle_rest_us: float, measured_us: float) -> pd.Series:
-    """Each phase's share of the traced host timeline (exposed_us, plus the unattributed rest) x measured."""
-    parts = phases["exposed_us"].astype(float).copy()
-    if abs(idle_rest_us) > _TOL_US:
-        parts.loc["no phase"] = idle_rest_us
+def _scaled_shares(phases: pd.DataFrame, span_us: float, measured_us: float) -> pd.Series:
+    """Each phase's share of the traced span x measured time.
+
+    On a CPU every op runs on the host, so a phase's traced time is its ops' self time
+    (cpu_time_us); the rest of the span (Python between ops, annotations) is "no phase".
+    """
+    parts = phases["cpu_time_us"].astype(float).copy()
+    rest = span_us - float(parts.sum())
+    if rest > _TOL_US:
+        parts.loc["no phase"] = rest
     total = float(parts.sum())
     return parts * (measured_us / total) if total > 0 else parts * 0.0
 
 
-def cpu_waterfall(base_label: str, base_ms: float, base_phases: pd.DataFrame, base_rest_us: float,
+def cpu_waterfall(base_label: str, base_ms: float, base_phases: pd.DataFrame, base_span_us: float,
                   run_label: str, run_ms: float, run_phases: pd.DataFrame,
-                  run_rest_us: float) -> list[dict[str, Any]]:
+                  run_span_us: float) -> list[dict[str, Any]]:
     """Measured baseline -> measured run, one bar per phase: d(traced share x measured time). Adds up exactly."""
-    b = _scaled_shares(base_phases, base_rest_us, base_ms * 1000.0)
-    r = _scaled_shares(run_phases, run_rest_us, run_ms * 1000.0)
+    b = _scaled_shares(base_phases, base_span_us, base_ms * 1000.0)
+    r = _scaled_shares(run_phases, run_span_us, run_ms * 1000.0)
     phases = _ordered([*b.index, *r.index])
     out: list[dict[str, Any]] = [{"kind": "start", "label": f"{base_label} measured", "phase": None,
                                   "value_us": base_ms * 1000.0}]
