@@ -248,3 +248,14 @@ def test_recording_keeps_no_model_alive(fp32_checkpoint: Path, tmp_path: Path,
     assert code == 0, err
     assert "freed" in out
     assert _run(tmp_path / "out")["precisions"]["m0-fp32"]["calls"]["count"] == 2
+
+
+def test_module_target_and_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "qtrace_run_probe_mod.py").write_text("import sys\nprint('argv', sys.argv[1:])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = run_cli(capsys, "run", "--out", str(tmp_path / "o"), "--", "python", "-m",
+                             "qtrace_run_probe_mod", "x")
+    assert code == 0 and "argv ['x']" in out and not (tmp_path / "o").exists()
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "run" in out
