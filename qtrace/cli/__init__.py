@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "view": ("qtrace.cli.view", "view_cmd", "Say how to open an annotated trace in Perfetto or chrome://tracing."),
     "sweep": ("qtrace.cli.sweep", "sweep_cmd", "Measure precisions across batch sizes and find the crossover."),
     "calibrate": ("qtrace.cli.calibrate", "calibrate_cmd", "Measure this GPU's copy and GEMM peaks."),
+    "project": ("qtrace.cli.project", "project_cmd", "Project a trace onto another GPU (an estimate, labelled)."),
 }
 
 
