@@ -41,6 +41,7 @@ import pandas as pd
 from qtrace.analyzers.attribution import gpu_phases
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.analyzers.roofline import LATENCY_SMALL_UTIL, LATENCY_US, unit_bounds, unit_of_event, units
+from qtrace.errors import QtraceError
 from qtrace.gpu_peaks import FEATURES, DeviceSpec, Peaks, datasheet_peaks, features_of, match_device
 from qtrace.tracefile.kineto import Trace
 
@@ -119,8 +120,6 @@ def project_kernels(trace: Trace, target: DeviceSpec) -> KernelProjection:
     """Projected time of every unit and GPU event of `trace` on `target` (datasheet peaks on both sides)."""
     spec = measured_spec(trace)
     if spec is None:
-        from qtrace.errors import QtraceError
-
         raise QtraceError(f"{trace.source}: no peak table entry for the traced GPU "
                           f"({trace.device_name or 'unknown device'}), so its kernels' efficiency is unknown")
     mp, tp = datasheet_peaks(spec), datasheet_peaks(target)

@@ -21,6 +21,10 @@ PHASE_HEADERS = ["phase", "GPU ms measured", "GPU ms projected", "x", "host CPU 
 CLASS_HEADERS = ["model", "units", "GPU ms measured", "GPU ms projected"]
 
 
+def _label(p: dict[str, Any]) -> str:
+    return str(p["precision"]) if p["precision"] else "trace"
+
+
 def _x(v: Any) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
@@ -38,7 +42,7 @@ def summary_rows(proj: dict[str, Any]) -> list[dict[str, Any]]:
     for p in proj["precisions"]:
         busy, idle = _step_busy(p)
         r = p.get("ratio") or {}
-        rows.append({"precision": p["precision"], "measured_latency_us": p["latency"]["measured_us"],
+        rows.append({"precision": _label(p), "measured_latency_us": p["latency"]["measured_us"],
                      "projected_latency_us": p["latency"]["projected_us"], "ratio_measured": r.get("measured"),
                      "ratio_projected": r.get("projected"), "baseline": r.get("baseline"),
                      "projected_gpu_busy_us_per_step": busy, "projected_gpu_idle_us_per_step": idle,
@@ -96,7 +100,7 @@ def _headline(proj: dict[str, Any]) -> list[str]:
             part += (f"; {ms(p['substituted_us'], 3)} ms of flash-attention kernels have no such kernel on the target "
                      "(PyTorch falls back to another attention kernel): projected as if it reached the same "
                      "efficiency")
-        lines.append(f"{p['precision']}: {ms(lat['measured_us'])} ms -> projected {ms(lat['projected_us'])} ms per "
+        lines.append(f"{_label(p)}: {ms(lat['measured_us'])} ms -> projected {ms(lat['projected_us'])} ms per "
                      f"{'pass' if lat['basis'] != 'window' else 'trace window'} ({lat['basis']}){ratio}{cal}{part}")
     return lines
 
@@ -119,7 +123,7 @@ def render_text(proj: dict[str, Any]) -> str:
     out = ["== " + title(proj), *_headline(proj), "",
            text_table(SUMMARY_HEADERS, _summary_cells(proj), "lrrrrrrll"), ""]
     for p in proj["precisions"]:
-        out += [f"-- {p['precision']} ({p['source']})", _identity_line(p),
+        out += [f"-- {_label(p)} ({p['source']})", _identity_line(p),
                 text_table(CLASS_HEADERS, _class_cells(p), "lrrr"), "",
                 text_table(PHASE_HEADERS, _phase_cells(p), "lrrrrrl"), ""]
         if p["refused_kernels"]:
@@ -136,7 +140,7 @@ def render_markdown(proj: dict[str, Any]) -> str:
     out = [f"## {md_escape(title(proj))}", "", *[f"- {md_escape(h)}" for h in _headline(proj)], "",
            md_table(SUMMARY_HEADERS, [[md_escape(c) for c in r] for r in _summary_cells(proj)], "lrrrrrrll"), ""]
     for p in proj["precisions"]:
-        out += [f"### {md_escape(p['precision'])} ({md_escape(p['source'])})", "", md_escape(_identity_line(p)), "",
+        out += [f"### {md_escape(_label(p))} ({md_escape(p['source'])})", "", md_escape(_identity_line(p)), "",
                 md_table(CLASS_HEADERS, [[md_escape(c) for c in r] for r in _class_cells(p)], "lrrr"), "",
                 md_table(PHASE_HEADERS, [[md_escape(c) for c in r] for r in _phase_cells(p)], "lrrrrrl"), ""]
         if p["refused_kernels"]:
