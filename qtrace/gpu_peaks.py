@@ -50,9 +50,14 @@ class DeviceSpec:
     memory: str
     source: str  # the vendor document the figures come from (name and URL)
     note: str = ""
+    compute_capability: str = ""  # "major.minor", from NVIDIA's CUDA GPUs list (CC_SOURCE)
 
     def peaks(self) -> dict[str, float | None]:
         return {f: getattr(self, f) for f in PEAK_FIELDS}
+
+    def features(self) -> dict[str, bool | None]:
+        """Which kernels this GPU can run (FEATURES), from its compute capability; None if unknown."""
+        return features_of(self.compute_capability)
 
 
 _H100_DS = ("NVIDIA H100 Tensor Core GPU datasheet, "
@@ -75,35 +80,84 @@ _ADA_WP = ("NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, appendix table
 _AMPERE_WP = ("NVIDIA Ampere GA102 GPU architecture whitepaper, appendix table (GeForce RTX 3090), "
               "https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf")
 
+# Where each entry's compute_capability comes from.
+CC_SOURCE = "NVIDIA CUDA GPUs compute capability list, https://developer.nvidia.com/cuda-gpus"
+# Hardware features that decide which kernel can run, with the lowest compute capability that has
+# them. Sources: CUDA C++ Programming Guide, "Warp Matrix Functions" (wmma/mma element types per
+# architecture: int8 from sm_72/Turing sm_75, bf16 from sm_80, fp8 e4m3/e5m2 from sm_89),
+# https://docs.nvidia.com/cuda/cuda-c-programming-guide/ ; PyTorch's flash-attention SDPA backend
+# needs sm_80+ (torch.backends.cuda.flash_sdp_enabled docs; on older GPUs SDPA falls back to the
+# memory-efficient kernel).
+FEATURES: dict[str, tuple[tuple[int, int], str]] = {
+    "int8_tensor_cores": ((7, 2), "int8 tensor-core GEMMs (IMMA)"),
+    "bf16_tensor_cores": ((8, 0), "bf16 tensor-core math"),
+    "fp8_tensor_cores": ((8, 9), "fp8 (e4m3/e5m2) tensor-core math"),
+    "flash_attention": ((8, 0), "PyTorch's flash-attention kernels"),
+}
+
+
+def parse_cc(cc: str | None) -> tuple[int, int] | None:
+    """'8.9' -> (8, 9); None for an empty or malformed string."""
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", cc or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def features_of(cc: str | None) -> dict[str, bool | None]:
+    """Feature flags (FEATURES) for a compute capability; every flag None when it is unknown."""
+    v = parse_cc(cc)
+    return {k: (None if v is None else v >= need) for k, (need, _) in FEATURES.items()}
+
+
 # Order matters: the first spec whose pattern matches wins, so specific names come first
 # (H100 NVL and PCIe before the plain H100 = SXM5; H200 NVL before H200).
 KNOWN_DEVICES: tuple[DeviceSpec, ...] = (
     DeviceSpec("h100-nvl", "NVIDIA H100 NVL (94 GB)", (r"h100.*nvl",), 3900, 835.5, 835.5, 1670.5, 60.0,
-               "HBM3", _H100_DS),
+               "HBM3", _H100_DS, compute_capability="9.0"),
     DeviceSpec("h100-pcie", "NVIDIA H100 PCIe (80 GB)", (r"h100.*pcie",), 2000, 756.5, 756.5, 1513.0, 51.0,
-               "HBM2e", _H100_DS),
+               "HBM2e", _H100_DS, compute_capability="9.0"),
     DeviceSpec("h100-sxm", "NVIDIA H100 SXM5 (80 GB)", (r"h100",), 3350, 989.5, 989.5, 1979.0, 67.0, "HBM3",
-               _H100_DS, "the driver names it 'NVIDIA H100 80GB HBM3'"),
+               _H100_DS, "the driver names it 'NVIDIA H100 80GB HBM3'", compute_capability="9.0"),
     DeviceSpec("h200-nvl", "NVIDIA H200 NVL (141 GB)", (r"h200.*nvl",), 4800, 835.5, 835.5, 1670.5, 60.0,
-               "HBM3e", _H200_DS),
+               "HBM3e", _H200_DS, compute_capability="9.0"),
     DeviceSpec("h200-sxm", "NVIDIA H200 SXM (141 GB)", (r"h200",), 4800, 989.5, 989.5, 1979.0, 67.0, "HBM3e",
-               _H200_DS),
+               _H200_DS, compute_capability="9.0"),
     DeviceSpec("a100-80gb-pcie", "NVIDIA A100 80GB PCIe", (r"a100.*80gb.*pcie", r"a100.*pcie.*80gb"),
-               1935, 312.0, 312.0, 624.0, 19.5, "HBM2e", _A100_DS),
+               1935, 312.0, 312.0, 624.0, 19.5, "HBM2e", _A100_DS, compute_capability="8.0"),
     DeviceSpec("a100-80gb-sxm", "NVIDIA A100 80GB SXM4", (r"a100.*80gb",), 2039, 312.0, 312.0, 624.0, 19.5,
-               "HBM2e", _A100_DS),
+               "HBM2e", _A100_DS, compute_capability="8.0"),
     DeviceSpec("a100-40gb", "NVIDIA A100 40GB (SXM4 or PCIe)", (r"a100",), 1555, 312.0, 312.0, 624.0, 19.5,
-               "HBM2", _A100_DS, "40 GB SXM4 and PCIe share these peaks"),
-    DeviceSpec("l40s", "NVIDIA L40S", (r"\bl40s\b",), 864, 362.05, 362.05, 733.0, 91.6, "GDDR6", _L40S_DS),
-    DeviceSpec("l4", "NVIDIA L4", (r"\bl4\b",), 300, 121.0, 121.0, 242.5, 30.3, "GDDR6", _L4_DS),
-    DeviceSpec("a10", "NVIDIA A10", (r"\ba10\b",), 600, 125.0, 125.0, 250.0, 31.2, "GDDR6", _A10_DS),
+               "HBM2", _A100_DS, "40 GB SXM4 and PCIe share these peaks", compute_capability="8.0"),
+    DeviceSpec("l40s", "NVIDIA L40S", (r"\bl40s\b",), 864, 362.05, 362.05, 733.0, 91.6, "GDDR6", _L40S_DS,
+               compute_capability="8.9"),
+    DeviceSpec("l4", "NVIDIA L4", (r"\bl4\b",), 300, 121.0, 121.0, 242.5, 30.3, "GDDR6", _L4_DS,
+               compute_capability="8.9"),
+    DeviceSpec("a10", "NVIDIA A10", (r"\ba10\b",), 600, 125.0, 125.0, 250.0, 31.2, "GDDR6", _A10_DS,
+               compute_capability="8.6"),
     DeviceSpec("t4", "NVIDIA T4", (r"\bt4\b",), 320, 65.0, None, 130.0, 8.1, "GDDR6", _T4_DS,
-               "Turing: no bf16 tensor cores"),
+               "Turing: no bf16 tensor cores", compute_capability="7.5"),
     DeviceSpec("rtx-4090", "NVIDIA GeForce RTX 4090", (r"rtx 4090",), 1008, 165.2, 165.2, 660.6, 82.6,
-               "GDDR6X", _ADA_WP, "fp16/bf16 with fp32 accumulate (fp16 accumulate is 330.3)"),
+               "GDDR6X", _ADA_WP, "fp16/bf16 with fp32 accumulate (fp16 accumulate is 330.3)",
+               compute_capability="8.9"),
     DeviceSpec("rtx-3090", "NVIDIA GeForce RTX 3090", (r"rtx 3090(?! ti)",), 936, 71.0, 71.0, 284.0, 35.6,
-               "GDDR6X", _AMPERE_WP, "fp16/bf16 with fp32 accumulate (fp16 accumulate is 142)"),
+               "GDDR6X", _AMPERE_WP, "fp16/bf16 with fp32 accumulate (fp16 accumulate is 142)",
+               compute_capability="8.6"),
 )
+
+
+def spec_by_key_or_name(text: str) -> DeviceSpec | None:
+    """A table entry by its key ('t4', 'a100-80gb-sxm') or by a device name ('NVIDIA H200'), else None."""
+    key = text.strip().lower()
+    for spec in KNOWN_DEVICES:
+        if spec.key == key:
+            return spec
+    return match_device(text)
+
+
+def datasheet_peaks(spec: DeviceSpec) -> Peaks:
+    """The datasheet peaks of a table entry (no calibration), e.g. for a GPU we have not measured."""
+    values = spec.peaks()
+    sources = {k: ("datasheet" if v is not None else None) for k, v in values.items()}
+    return Peaks(device_name=spec.name, spec=spec, values=values, sources=sources)
 
 
 def match_device(name: str | None) -> DeviceSpec | None:

@@ -359,8 +359,18 @@ def units(trace: Trace) -> pd.DataFrame:
     agg["dtype"] = rows_d
     agg["link"] = rows_l
     out = agg.reset_index(drop=True)[UNIT_COLUMNS]
+    unit_of_event = np.empty(len(ev), dtype=np.int64)
+    unit_of_event[ev.index.to_numpy()] = grouped.ngroup().to_numpy()  # groups number in agg's row order
+    cache["roofline_unit_of_event"] = unit_of_event
     cache["roofline_units"] = out
     return out
+
+
+def unit_of_event(trace: Trace) -> np.ndarray:
+    """For each row of `gpu_phases(trace)`, the row of `units(trace)` it belongs to."""
+    units(trace)
+    cache = trace.__dict__["_qtrace_cache"]
+    return cache.get("roofline_unit_of_event", np.zeros(0, dtype=np.int64))
 
 
 def _estimate(key: pd.Series) -> Work | None:

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "sweep": ("qtrace.cli.sweep", "sweep_cmd", "Measure precisions across batch sizes and find the crossover."),
     "run": ("qtrace.cli.run", "run_cmd", "Run your own script unchanged and explain the models it loads and calls."),
     "calibrate": ("qtrace.cli.calibrate", "calibrate_cmd", "Measure this GPU's copy and GEMM peaks."),
+    "project": ("qtrace.cli.project", "project_cmd", "Project a trace onto another GPU (an estimate, labelled)."),
 }
 
 
