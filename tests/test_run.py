@@ -131,6 +131,12 @@ def test_report_and_compare_read_the_folder(main_run: dict, capsys: pytest.Captu
     assert "m0-int8" in out and "m1-fp16" in out
     code, out, err = run_cli(capsys, "report", str(main_run["out"]))
     assert code == 0, err
+    # The audit's findings open each section, before the verdict, in the audit's order.
+    int8_section = out[out.index("precision m0-int8"):out.index("precision m1-fp16")]
+    run = json.loads((main_run["out"] / "run.json").read_text())
+    first = run["precisions"]["m0-int8"]["findings"][0]["id"]
+    assert int8_section.index(f"Finding [") < int8_section.index("Verdict:")
+    assert f"] {first}:" in int8_section.splitlines()[1]
 
 
 def test_occupied_out_is_refused(main_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,9 +16,17 @@ PHASE_HEADERS = ["phase", "group", "GPU ms", "GPU %", "kernels", "host CPU ms", 
                  "GPU-idle ms"]
 
 
+def finding_lines(r: TraceReport) -> list[str]:
+    """Audit findings recorded with the run (`qtrace run` / `qtrace.record`), in the audit's order (by cost)."""
+    found = (r.measured or {}).get("findings") or []
+    ordered = [f for f in found if isinstance(f, dict)]
+    return [f"Finding [{f.get('severity', '?')}] {f.get('id', '?')}: {f.get('title', '')}; fix: {f.get('fix', '')}"
+            for f in ordered]
+
+
 def headline(r: TraceReport) -> list[str]:
-    """The answer first: verdict, top phases, quantization share, measured latency."""
-    lines = []
+    """The answer first: audit findings, verdict, top phases, quantization share, measured latency."""
+    lines = finding_lines(r)
     h = r.host
     lines.append(f"Verdict: {h['verdict']}")
     p = r.phases.sort_values("gpu_time_us", ascending=False)
