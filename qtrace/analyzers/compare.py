@@ -613,6 +613,9 @@ def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
         "phases": phases,
         "is_baseline": fig is c.baseline,
     }
+    quality = (fig.report.measured or {}).get("quality")
+    if quality is not None:  # only runs that measured it: older run folders compare byte-identically
+        out["quality"] = quality
     if fig is c.baseline:
         out.update({"latency_ratio": 1.0, "latency_source": None})
         return out

@@ -158,7 +158,8 @@ class Target:
         entry = self.run.get("precisions", {}).get(precision)
         if not isinstance(entry, dict):
             return None
-        keep = ("latency_ms", "generate", "memory", "energy", "load", "timer", "compute_dtype", "status", "error")
+        keep = ("latency_ms", "generate", "memory", "energy", "load", "timer", "compute_dtype", "status", "error",
+                "quality")  # quality: absent from runs before it existed, so their reports are unchanged
         return {k: entry[k] for k in keep if k in entry}
 
 
