@@ -112,7 +112,7 @@ def classify(contexts: pd.DataFrame) -> pd.Series:
     if contexts.empty:
         return pd.Series([], dtype=object, index=contexts.index)
     # A context without `weight` (callers from before the field existed) reads as no subclass weight.
-    ctx = contexts.reindex(columns=list(_CONTEXT_FIELDS)).fillna("").astype(str)
+    ctx = contexts.reindex(columns=list(_CONTEXT_FIELDS), fill_value="").fillna("").astype(str)
     unique = ctx.drop_duplicates().reset_index(drop=True)
     phase = pd.Series("other", index=unique.index, dtype=object)
     open_rows = pd.Series(True, index=unique.index)
