@@ -135,7 +135,7 @@ def test_report_and_compare_read_the_folder(main_run: dict, capsys: pytest.Captu
     int8_section = out[out.index("precision m0-int8"):out.index("precision m1-fp16")]
     run = json.loads((main_run["out"] / "run.json").read_text())
     first = run["precisions"]["m0-int8"]["findings"][0]["id"]
-    assert int8_section.index(f"Finding [") < int8_section.index("Verdict:")
+    assert int8_section.index("Finding [") < int8_section.index("Verdict:")
     assert f"] {first}:" in int8_section.splitlines()[1]
 
 

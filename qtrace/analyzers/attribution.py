@@ -58,8 +58,8 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
         return cache["op_context_table"]
     ops = trace.ops
     n = len(ops)
-    # context tuple: (quant_op, below_quant_op, module, ops_chain_tuple, step, step_name)
-    empty = ("", "", "", (), -1, "")
+    # context tuple: (quant_op, below_quant_op, module, weight, ops_chain_tuple, step, step_name)
+    empty = ("", "", "", "", (), -1, "")
     contexts: list[tuple] = [empty]
     ctx_of = np.zeros(n, dtype=np.int64)
     if n:
@@ -90,7 +90,8 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
                     ctx_index[key] = cid
                 ids[j] = cid
             ctx_of[rows] = ids[inverse.ravel()]
-    table = pd.DataFrame(contexts, columns=["quant_op", "below_quant_op", "module", "chain", "step", "step_name"])
+    table = pd.DataFrame(contexts, columns=["quant_op", "below_quant_op", "module", "weight", "chain", "step",
+                                            "step_name"])
     table["ops"] = ["/".join(c) for c in table["chain"]]
     table = table.drop(columns="chain")
     cache["op_context_table"] = (table, ctx_of)
@@ -99,7 +100,7 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _child_context(parent_ctx: tuple, name: str, cat: str) -> tuple:
     """The context inside a range `name` of category `cat` whose parent's context is `parent_ctx`."""
-    quant_op, below, module, chain, step, step_name = parent_ctx
+    quant_op, below, module, weight, chain, step, step_name = parent_ctx
     if cat == "cpu_op":
         if name.startswith(OP_PREFIXES):
             quant_op, below = name, ""
@@ -108,18 +109,20 @@ def _child_context(parent_ctx: tuple, name: str, cat: str) -> tuple:
         chain = ((name,) + chain)[:_OPS_CHAIN_DEPTH]
     elif cat == "user_annotation":
         if name.startswith(MODULE_ANNOTATION_PREFIX):
-            module = name[len(MODULE_ANNOTATION_PREFIX):].split(":", 1)[0]
+            # <Class>:<qualified.name>[:<weight tensor class>]; older traces have no third field.
+            parts = name[len(MODULE_ANNOTATION_PREFIX):].split(":", 2)
+            module, weight = parts[0], (parts[2] if len(parts) > 2 else "")
         else:
             m = _STEP_RE.match(name)
             if m:
                 step = int(m.group(1))
             elif name.startswith("qtrace.step:"):
                 step_name = name[len("qtrace.step:"):]
-    return (quant_op, below, module, chain, step, step_name)
+    return (quant_op, below, module, weight, chain, step, step_name)
 
 
 def op_contexts(trace: Trace) -> pd.DataFrame:
-    """Per host range: quant_op, below_quant_op, module, ops (classification context), step and step_name.
+    """Per host range: quant_op, below_quant_op, module, weight, ops (classification context), step, step_name.
 
     One pass over the ranges, parents before children, building each context from its parent's.
     Contexts are interned, so a trace with a million ops keeps a few thousand distinct ones.
@@ -245,12 +248,12 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
 def _contexts_for(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     """Op contexts for each row of `op_rows` (-1 = no enclosing op: an empty context)."""
     ctx = op_contexts(trace)
-    cols = ["quant_op", "below_quant_op", "module", "ops", "step", "step_name"]
+    cols = ["quant_op", "below_quant_op", "module", "weight", "ops", "step", "step_name"]
     if len(ctx) == 0:
         return pd.DataFrame({c: ([-1] if c == "step" else [""]) * len(op_rows) for c in cols})
     picked = ctx.iloc[np.clip(op_rows, 0, None)][cols].reset_index(drop=True)
     missing = op_rows < 0
     if missing.any():
-        picked.loc[missing, ["quant_op", "below_quant_op", "module", "ops", "step_name"]] = ""
+        picked.loc[missing, ["quant_op", "below_quant_op", "module", "weight", "ops", "step_name"]] = ""
         picked.loc[missing, "step"] = -1
     return picked

@@ -695,6 +695,9 @@ def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
         out["lean"] = lean_summary(fig.lean)
     elif fig.lean_note:
         out["lean_note"] = fig.lean_note
+    quality = (fig.report.measured or {}).get("quality")
+    if quality is not None:  # only runs that measured it: older run folders compare byte-identically
+        out["quality"] = quality
     if fig is c.baseline:
         out.update({"latency_ratio": 1.0, "latency_source": None})
         return out

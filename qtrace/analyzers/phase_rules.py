@@ -8,6 +8,7 @@ each host op) is described by a *context* read from the trace:
   ``bitsandbytes::`` op (``""`` if none; backends register their op prefixes);
 - ``below_quant_op``: the op names under that op, outermost first, ``/``-joined;
 - ``module``: the class name of the innermost ``qtrace.module:`` annotation (``""`` if none);
+- ``weight``: that module's weight tensor class when it is a tensor subclass (torchao), else ``""``;
 - ``ops``: the names of all enclosing host ops, innermost first, ``/``-joined;
 - ``kernel``: the GPU event's name.
 
@@ -80,7 +81,7 @@ RULES: list[Rule] = [
          kernel=r"elementwise|reduce_kernel|CatArrayBatchedCopy|vectorized|unrolled|index|gather|scatter|copy|fill"),
 ]
 
-_CONTEXT_FIELDS = ("kind", "quant_op", "below_quant_op", "module", "ops", "kernel")
+_CONTEXT_FIELDS = ("kind", "quant_op", "below_quant_op", "module", "weight", "ops", "kernel")
 
 
 def _check_rules() -> None:
@@ -110,7 +111,8 @@ def classify(contexts: pd.DataFrame) -> pd.Series:
     """
     if contexts.empty:
         return pd.Series([], dtype=object, index=contexts.index)
-    ctx = contexts.loc[:, list(_CONTEXT_FIELDS)].fillna("").astype(str)
+    # A context without `weight` (callers from before the field existed) reads as no subclass weight.
+    ctx = contexts.reindex(columns=list(_CONTEXT_FIELDS), fill_value="").fillna("").astype(str)
     unique = ctx.drop_duplicates().reset_index(drop=True)
     phase = pd.Series("other", index=unique.index, dtype=object)
     open_rows = pd.Series(True, index=unique.index)

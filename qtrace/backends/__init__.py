@@ -15,8 +15,9 @@ from typing import Any
 
 from qtrace.backends.base import Backend, KindRule, Rule
 from qtrace.backends.bitsandbytes import BACKEND as BITSANDBYTES
+from qtrace.backends.torchao import BACKEND as TORCHAO
 
-BACKENDS: tuple[Backend, ...] = (BITSANDBYTES,)
+BACKENDS: tuple[Backend, ...] = (BITSANDBYTES, TORCHAO)
 
 OP_PREFIXES: tuple[str, ...] = tuple(p for b in BACKENDS for p in b.op_prefixes)
 
@@ -41,6 +42,15 @@ def quantized_precisions() -> tuple[str, ...]:
     return tuple(p for b in BACKENDS for p in b.precisions)
 
 
+def unavailable(precision: str, device_type: str, capability: tuple[int, int] | None = None) -> str | None:
+    """Why `precision` cannot run on this device (one line: missing package, GPU needed, compute
+    capability), or None. Plain float precisions and backends without the hook run everywhere."""
+    backend = backend_for(precision)
+    if backend is None or backend.unavailable is None:
+        return None
+    return resolve(backend.unavailable)(precision, device_type, capability)
+
+
 def loader(backend: Backend) -> ModuleType:
     return importlib.import_module(backend.loader)
 
@@ -53,4 +63,4 @@ def resolve(ref: str) -> Callable[..., Any]:
 
 
 __all__ = ["BACKENDS", "OP_PREFIXES", "Backend", "KindRule", "Rule", "backend_for", "backend_of_op", "loader",
-           "quantized_precisions", "resolve"]
+           "quantized_precisions", "resolve", "unavailable"]

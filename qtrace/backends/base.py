@@ -25,7 +25,9 @@ class Rule:
     Context fields (read from the trace by `qtrace.analyzers.attribution`): ``quant_op``, the
     innermost op of a quantization backend enclosing the launch (a name with one of the
     registered op prefixes, e.g. ``bitsandbytes::``); ``below_quant_op``, the op names under it,
-    outermost first, ``/``-joined; ``module``, the innermost ``qtrace.module:`` class; ``ops``,
+    outermost first, ``/``-joined; ``module``, the innermost ``qtrace.module:`` class; ``weight``,
+    the tensor class of that module's weight when it is a tensor subclass (torchao's
+    ``Int8Tensor``, ...; a 4th field of the annotation, ``""`` otherwise and in older traces); ``ops``,
     all enclosing host ops, innermost first; ``kernel``, the GPU event's name; ``kind``:
     ``kernel``, ``gpu_memcpy``, ``gpu_memset`` or ``cpu_op``.
     """
@@ -35,13 +37,15 @@ class Rule:
     quant_op: str | None = None
     below_quant_op: str | None = None
     module: str | None = None
+    weight: str | None = None
     ops: str | None = None
     kernel: str | None = None
     kind: str | None = None
 
     def fields(self) -> dict[str, str]:
         return {k: v for k, v in (("quant_op", self.quant_op), ("below_quant_op", self.below_quant_op),
-                                   ("module", self.module), ("ops", self.ops), ("kernel", self.kernel),
+                                   ("module", self.module), ("weight", self.weight), ("ops", self.ops),
+                                   ("kernel", self.kernel),
                                    ("kind", self.kind)) if v}
 
 
@@ -85,3 +89,9 @@ class Backend:
     detect_precision: Callable[[Any], str | None] | None = None
     # Report sections of its own: section name -> "module:function", fn(trace) -> dict | None.
     analyses: dict[str, str] = field(default_factory=dict)
+    # Why a precision cannot run here, "module:function", fn(precision, device_type, capability) -> str | None
+    # (capability: the CUDA compute capability (major, minor), None off CUDA). Pure: it may look for a
+    # package (importlib.util.find_spec) but never imports torch. None: every precision runs everywhere.
+    unavailable: str | None = None
+    # Short description of each precision, for `qtrace presets` and --help.
+    describe: dict[str, str] = field(default_factory=dict)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qtrace.backends import backend_for, loader, quantized_precisions
+from qtrace.backends import BACKENDS, backend_for, loader, quantized_precisions, unavailable
 from qtrace.errors import QtraceError
 
 PRECISIONS = ("fp32", "fp16", "bf16", *quantized_precisions())
@@ -311,6 +311,33 @@ def parse_precisions(text: str | list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
+def device_capability(device: Any) -> tuple[int, int] | None:
+    """CUDA compute capability of `device`, None off CUDA."""
+    if getattr(device, "type", device) != "cuda":
+        return None
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
+
+
+def check_available(precisions: list[str] | tuple[str, ...], device: Any) -> None:
+    """Refuse, in one line per precision, what this device cannot run (before any model loads)."""
+    cap = device_capability(device)
+    reasons = [r for p in precisions if (r := unavailable(p, device.type, cap))]
+    if reasons:
+        raise QtraceError("; ".join(reasons))
+
+
+PRECISION_NOTES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
+                   **{p: text for b in BACKENDS for p, text in b.describe.items()}}
+
+
+def precision_support(device: Any) -> list[tuple[str, str | None, str]]:
+    """(precision, why it cannot run here or None, what it is) for every precision, on `device`."""
+    cap = device_capability(device)
+    return [(p, unavailable(p, device.type, cap), PRECISION_NOTES.get(p, "")) for p in PRECISIONS]
+
+
 def default_precisions(device_type: str) -> list[str]:
     return ["fp16", "int8", "nf4"] if device_type == "cuda" else ["fp32", "int8", "nf4"]
 
@@ -342,6 +369,7 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     """Load `spec` fresh at `precision` on `device`, timing the load and measuring its footprint."""
     import torch
 
+    check_available([precision], device)
     dtype_name, quant, warnings = _precision_setup(precision, device.type, int8_threshold)
     backend = backend_for(precision)
     if quant is not None and backend is not None:
@@ -375,10 +403,28 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     _ensure_pad_token(model)
     return LoadedModel(
         model=model, precision=precision, compute_dtype=dtype_name, load_seconds=seconds,
-        footprint_bytes=int(model.get_memory_footprint()),
+        footprint_bytes=footprint(model),
         allocated_delta_bytes=None if before is None or after is None else after - before,
         warnings=warnings,
     )
+
+
+def _tensor_bytes(t: Any) -> int:
+    """Bytes a tensor holds; a wrapper subclass (torchao) holds its inner tensors, not its outer dtype."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is None:
+        return t.nelement() * t.element_size()
+    names, _ = flatten()
+    return sum(_tensor_bytes(getattr(t, n)) for n in names if getattr(t, n, None) is not None)
+
+
+def footprint(model: Any) -> int:
+    """Parameter + buffer bytes. transformers' get_memory_footprint counts a torchao weight at the
+    outer dtype it advertises (fp32 on the CPU), so quantized and dense models would look equal."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if not any(hasattr(t, "__tensor_flatten__") for t in tensors):
+        return int(model.get_memory_footprint())  # bitsandbytes and dense models: unchanged figures
+    return sum(_tensor_bytes(t) for t in tensors)
 
 
 @functools.lru_cache(maxsize=8)

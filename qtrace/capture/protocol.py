@@ -7,7 +7,7 @@ pass of a few steps whose trace carries qtrace's annotations:
 * steps: `qtrace.step:forward` (forward/classify, one per iteration), `qtrace.step:prefill`
   and `qtrace.step:decode` (generate: the first forward of a generation, then one per further
   token), each inside the profiler's `ProfilerStep#N`;
-* modules: `qtrace.module:<ClassName>:<qualified.name>` around every transformer block, linear,
+* modules: `qtrace.module:<ClassName>:<qualified.name>[:<WeightClass>]` around every transformer block, linear,
   norm, attention, MLP and embedding module, from forward hooks that exist only during the
   profiled pass (the timed pass runs the bare model);
 * trace metadata: a top-level `"qtrace"` object (see docs/profile.md) and
@@ -371,8 +371,29 @@ def annotated_modules(model: Any) -> list[tuple[str, Any]]:
     out = []
     for name, module in model.named_modules():
         if name and module_role(name, module, parents.get(id(module))):
-            out.append((f"{MODULE_PREFIX}{type(module).__name__}:{name}", module))
+            tag = weight_tag(module)
+            out.append((f"{MODULE_PREFIX}{type(module).__name__}:{name}" + (f":{tag}" if tag else ""), module))
     return out
+
+
+def weight_tag(module: Any) -> str | None:
+    """The weight's tensor class when it is a dispatch subclass (torchao's Int8Tensor, ...), else None.
+
+    torchao's weight-only modes launch plain aten ops (`_to_copy`, `mm`, `mul`) under an ordinary
+    `Linear`: the weight's class is the only mark the phase rules can key on. "+act" marks a
+    weight that also quantizes the activation (dynamic W8A8), which the class alone does not
+    tell. bitsandbytes' Int8Params / Params4bit are plain Parameter subclasses without a
+    `__torch_dispatch__` of their own: no tag, so their annotations stay as before.
+    """
+    import torch
+
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return None
+    cls = type(weight)
+    if getattr(cls, "__torch_dispatch__", None) is getattr(torch.Tensor, "__torch_dispatch__", None):
+        return None
+    return cls.__name__ + ("+act" if getattr(weight, "act_quant_kwargs", None) is not None else "")
 
 
 @contextlib.contextmanager

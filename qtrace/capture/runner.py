@@ -24,6 +24,7 @@ from typing import Any
 
 from qtrace import __version__, fileio
 from qtrace.capture.energy import energy_block
+from qtrace.capture.quality import QualityProbe
 from qtrace.errors import QtraceError
 
 RUN_FILE = "run.json"
@@ -181,6 +182,7 @@ def profile(
 
     dev = qdevice.resolve_device(device)
     chosen = chosen or models.default_precisions(dev.type)
+    models.check_available(chosen, dev)  # a GPU-only or missing-package precision: one line, before any work
     out_path = Path(out) if out is not None else default_out_dir(model or models.DEFAULT_PRESET)
     if out_path.exists():
         fileio.prepare_out_dir(out_path, force)
@@ -256,6 +258,7 @@ class _Runner:
         self.say = say
         self.config_summary: dict[str, Any] | None = None
         self.outlier_indices: list[int] = []
+        self.quality = QualityProbe(settings.task, spec.kind, settings.batch_size, settings.seq_len, settings.seed)
 
     def run(self) -> ProfileResult:
         import torch
@@ -336,6 +339,7 @@ class _Runner:
         if self.config_summary is None:
             self.config_summary = models.config_summary(model.config, arch=type(model).__name__,
                                                         params=models.logical_params(model))
+        entry["quality"] = self.quality.observe(loaded.precision, model)  # same inputs for every precision
         work = capture.make_workload(model, self.spec.kind, self.s.task, self.s.batch_size, self.s.seq_len,
                                      self.s.new_tokens, self.s.seed, self.dev)
         self.say.line(f"{tag} warm-up x{self.s.warmup}, timed x{self.s.iters} ({self.s.task}, "

@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import click
 
-PRECISION_HELP = ("Comma list of fp32, fp16, bf16, int8 (LLM.int8), nf4 (NF4 + double quant). "
+PRECISION_HELP = ("Comma list of fp32, fp16, bf16, int8 (LLM.int8), nf4 (NF4 + double quant), torchao-int8wo, "
+                  "torchao-w8a8, torchao-intx4, torchao-fp8wo, torchao-int4 (CUDA), torchao-fp8 (CUDA, "
+                  "compute capability >= 8.9); which of them run on this machine is listed below. "
                   "Default: fp16,int8,nf4 on CUDA, fp32,int8,nf4 on CPU.")
 
 
-@click.command("profile", context_settings={"help_option_names": ["-h", "--help"]})
+def support_lines() -> list[str]:
+    """One line per precision: runs here, or why not (missing package, GPU needed, capability)."""
+    from qtrace.capture import environment as qdevice
+    from qtrace.capture.models import precision_support
+
+    dev = qdevice.resolve_device("auto")
+    rows = precision_support(dev)
+    width = max(len(p) for p, _, _ in rows)
+    return [f"{p.ljust(width)}  {'runs here' if why is None else 'not here: ' + why}" for p, why, _ in rows] \
+        + [f"(device: {dev})"]
+
+
+class _SupportHelp(click.Command):
+    """--help ends with what this machine can run (worked out only when help is asked for)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Precisions on this machine"):
+            for line in support_lines():
+                formatter.write_text(line)
+
+
+@click.command("profile", cls=_SupportHelp, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", required=False)
 @click.option("--precision", "precisions", default=None, metavar="LIST", help=PRECISION_HELP)
 @click.option("--task", type=click.Choice(["forward", "classify", "generate"]), default="forward", show_default=True,
@@ -74,3 +98,6 @@ def presets_cmd() -> None:
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
     click.echo(f"cache: {preset_dir('<name>')} (set QTRACE_CACHE to move it)")
+    click.echo("\nprecisions (--precision):")
+    for line in support_lines():
+        click.echo("  " + line)

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from qtrace.analyzers.compare import EXPLAIN_COST, EXPLAIN_CPU, Comparison, RunComparison
+from qtrace.analyzers.quality import quality_line
 from qtrace.fileio import write_json, write_text
 from qtrace.markup import md_escape, md_table, ms, text_table
 
@@ -89,6 +90,9 @@ def headline(c: Comparison, comp: RunComparison, top: int) -> list[str]:
         r_peak = (run.report.extra.get("memory") or {}).get("peak_allocated_bytes")
         lines.append(f"Memory: allocator peak {_mib(mem['peak_allocated_bytes_delta'])} "
                      f"({b_peak / 2**20:.1f} -> {r_peak / 2**20:.1f} MiB in the traces)")
+    quality = quality_line((run.report.measured or {}).get("quality"))
+    if quality:  # measured by `qtrace profile` against its own run's baseline, which it names
+        lines.append(quality)
     return lines
 
 

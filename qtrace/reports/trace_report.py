@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from qtrace.analyzers.phase_rules import QUANT_PHASES
+from qtrace.analyzers.quality import quality_line
 from qtrace.analyzers.trace_analysis import TraceReport
 from qtrace.fileio import write_json, write_text
 from qtrace.markup import md_escape, md_table, ms, pct, shorten, text_table
@@ -79,6 +80,9 @@ def _extra_headlines(r: TraceReport) -> list[str]:
     outl = r.extra.get("outliers")
     if isinstance(outl, dict) and outl.get("summary"):
         out.append(outl["summary"])
+    quality = quality_line((r.measured or {}).get("quality"))
+    if quality:
+        out.append(quality)
     energy = (r.measured or {}).get("energy")
     if isinstance(energy, dict) and energy.get("joules_per_iter") is not None:
         bits = [f"{energy['joules_per_iter']:.3f} J per iteration"]

@@ -232,6 +232,7 @@ def _module_of(names: np.ndarray, parent: np.ndarray, row: int) -> tuple[str | N
         if isinstance(name, str) and name.startswith(MODULE_ANNOTATION_PREFIX):
             rest = name[len(MODULE_ANNOTATION_PREFIX):]
             cls, _, qual = rest.partition(":")
+            qual = qual.partition(":")[0]  # a third field (the weight's tensor class) is not part of the name
             return (qual or cls), cls
     return None, None
 
