@@ -64,7 +64,8 @@ def presets_cmd() -> None:
         cfg = p.config()
         params = count_params(cfg, p.kind)
         rows.append((p.name, f"{type(cfg).__name__.removesuffix('Config')} {p.kind}", f"{params / 1e6:.1f}M",
-                     ",".join(p.tasks), "yes" if preset_is_cached(p.name) else "no", p.purpose))
+                     ",".join(p.tasks), "on device" if p.init == "device" else "yes" if preset_is_cached(p.name) else "no",
+                     p.purpose))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
