@@ -120,8 +120,8 @@ def analyse(df: pd.DataFrame, baseline: str, task: str) -> dict[str, Any]:
     size += xo.size_crossovers(df, baseline, "peak_memory_bytes")
     extra = [c for m in metrics for c in xo.extrapolate(df, baseline, m)]
     by_model = {}
-    for model, g in df.groupby("model", sort=False):
-        by_model[str(model)] = crossovers(g, baseline, "latency_ms_per_example")
+    for (model, decode), g in df.assign(decode=df["decode"].fillna("dynamic")).groupby(["model", "decode"], sort=False):
+        by_model[f"{model} ({decode})"] = crossovers(g, baseline, "latency_ms_per_example")
     return {"size_crossovers": size, "extrapolation": extra, "memory_limits": xo.memory_limits(df),
             "batch_crossovers": by_model}
 
