@@ -37,7 +37,8 @@ def test_big_presets_shapes():
 
     c = PRESETS["qwen2.5-32b"].config()
     assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_key_value_heads) == (5120, 27648, 64, 8)
-    assert PRESETS["qwen2.5-7b"].config().vocab_size == 152064 and not PRESETS["qwen2.5-7b"].config().tie_word_embeddings
+    c7 = PRESETS["qwen2.5-7b"].config()
+    assert c7.vocab_size == 152064 and not c7.tie_word_embeddings
     assert PRESETS["qwen2.5-3b"].config().tie_word_embeddings
     assert PRESETS["llama3-8b"].config().vocab_size == 128256
     assert all(PRESETS[n].init == "device" for n in ("qwen2.5-1.5b", "qwen2.5-32b", "llama3-8b", "tiny-qwen-a"))
@@ -155,7 +156,8 @@ def test_extrapolation_against_a_hand_fit():
 
 def test_memory_limits_per_card():
     # peak = 1 GB + 2 bytes/param (fp16-like): 16 GB card, 1 GB reserve -> (16-1-1)/2 = 7 B params
-    df = table({"fp16": {1e9: 3e9, 3e9: 7e9}}, metric="peak_memory_bytes").assign(footprint_bytes=lambda d: d["params"] * 2)
+    df = table({"fp16": {1e9: 3e9, 3e9: 7e9}}, metric="peak_memory_bytes")
+    df = df.assign(footprint_bytes=df["params"] * 2)
     (m,) = xo.memory_limits(df)
     t4 = m["cards"]["T4 16 GB"]
     assert t4["max_params"] == pytest.approx(7e9) and t4["largest_named"] == "3B" and t4["first_not_fitting"] == "7B"
