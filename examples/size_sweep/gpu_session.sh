@@ -28,9 +28,12 @@ export PYTHONPATH=/tmp/site:$PWD
   python3 -c "import torch, transformers, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', b.__version__)"
 } 2>&1 | tee -a "$LOG"
 
-pack() {  # everything small enough, traces over 4 MB dropped (their figures are in sweep.json already)
-  find "$RUNS" -name 'trace.json.gz' -size +4M -delete 2>/dev/null
+pack() {  # traces over 1 MB dropped (their explanations are in sweep.json already); the tar stays < 16 MB
+  find "$RUNS" -name 'trace.json.gz' -size +1M -delete 2>/dev/null
   (cd "$RUNS" && tar czf "$OUT/results.tgz.tmp" . 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz")
+  if [ "$(stat -c %s "$OUT/results.tgz" 2>/dev/null || echo 0)" -gt 15000000 ]; then
+    (cd "$RUNS" && tar czf "$OUT/results.tgz" --exclude='trace.json.gz' . 2>/dev/null)
+  fi
   for s in gen classify static; do
     [ -f "$RUNS/$s/size.png" ] && cp "$RUNS/$s/size.png" "$OUT/${s}_size.png"
   done

@@ -211,7 +211,8 @@ def run_size_sweep(models: list[str], precisions: list[str] | None, batch_sizes:
                     rows += new
                     df = size_frame(rows)
                     found = analyse(df, baseline_of(settings["precisions"], baseline), task)
-                    write_size_outputs(df, found, explanations, out_path, settings, with_plot=False)
+                    # The plot too: a sweep killed by an outer timeout still leaves a readable picture.
+                    write_size_outputs(df, found, explanations, out_path, settings, with_plot=True)
     df = size_frame(rows)
     base = baseline_of(settings["precisions"] or list(df["precision"].drop_duplicates()), baseline)
     settings["baseline"] = base
