@@ -70,7 +70,8 @@ def test_presets_lists_every_preset(capsys: pytest.CaptureFixture[str], tmp_path
     monkeypatch.setenv("QTRACE_CACHE", str(tmp_path))
     code, out, err = run_cli(capsys, *["presets"])
     assert code == 0, err
-    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line and not line.startswith("cache:")}
+    table = out.split("\ncache:", 1)[0]  # the preset table; the precision list follows the cache line
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line}
     assert set(rows) == set(PRESETS)
     assert "494.0M" in rows["qwen2.5-0.5b"] and "149.7M" in rows["modernbert-base"]
     assert "generate" not in rows["modernbert-base"].split()[3]

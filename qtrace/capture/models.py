@@ -53,6 +53,9 @@ class Preset:
     kind: str  # "decoder" (forward/classify/generate) or "encoder" (forward/classify)
     purpose: str
     config_kwargs: dict[str, Any] = field(default_factory=dict)
+    # "disk": built once on the CPU, cached as safetensors, loaded by from_pretrained;
+    # "device": built on the target device at each load (qtrace.capture.device_init), no disk copy.
+    init: str = "disk"
 
     def config(self, **overrides: Any) -> Any:
         """The preset's transformers config; overrides build smaller variants (tests)."""
@@ -100,6 +103,21 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def _size_presets() -> dict[str, Preset]:
+    from qtrace.capture.size_presets import SIZE_FAMILIES, SIZE_SHAPES, TINY_SHAPES
+
+    out = {name: Preset(name, SIZE_FAMILIES[name], "decoder",
+                        f"{source} shape (GPU, built on the device; published {billions}B parameters)",
+                        kwargs, init="device")
+           for name, (kwargs, billions, source) in SIZE_SHAPES.items()}
+    out.update({name: Preset(name, "qwen2", "decoder", "tiny Qwen2 shape built on the device (size-axis tests)",
+                             kwargs, init="device") for name, kwargs in TINY_SHAPES.items()})
+    return out
+
+
+PRESETS.update(_size_presets())
+
+
 def build_config(family: str, **kwargs: Any) -> Any:
     import transformers
 
@@ -137,6 +155,8 @@ def resolve_model(model: str | None, trust_remote_code: bool = False,
                   progress: Any = None) -> ModelSpec:
     """Preset name, local folder or HF id in the local cache; anything else is one clear error."""
     name = model or DEFAULT_PRESET
+    if name in PRESETS and PRESETS[name].init == "device":  # nothing on disk: built at each load
+        return ModelSpec(name, Path(f"<device-init:{name}>"), "device-init", name, PRESETS[name].kind)
     if name in PRESETS:
         path = ensure_preset(name, progress=progress)
         return ModelSpec(name, path, "preset", name, PRESETS[name].kind)
@@ -394,7 +414,13 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     before = _cuda_allocated(device)
     t0 = time.perf_counter()
     with quiet_libraries():
-        model = auto_class(task, spec.kind).from_pretrained(str(spec.path), **kwargs)
+        if spec.source == "device-init":
+            from qtrace.capture.device_init import build_on_device
+
+            model = build_on_device(_spec_config(spec, task), auto_class(task, spec.kind),
+                                    getattr(torch, dtype_name), device, quant, seed=seed)
+        else:
+            model = auto_class(task, spec.kind).from_pretrained(str(spec.path), **kwargs)
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -432,7 +458,10 @@ def _head_modules_cached(path: str, task: str, kind: str, trust_remote_code: boo
     import torch
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    if path.startswith("<device-init:"):
+        config = PRESETS[path[len("<device-init:"):-1]].config()
+    else:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     if task == "classify":
         config.num_labels = CLASSIFY_LABELS
     with quiet_libraries(), torch.device("meta"):
@@ -445,6 +474,13 @@ def _head_modules_cached(path: str, task: str, kind: str, trust_remote_code: boo
         if name and (module is out_emb or name == last_owner):
             names.add(name)
     return tuple(sorted(names))
+
+
+def _spec_config(spec: ModelSpec, task: str) -> Any:
+    config = PRESETS[spec.preset or spec.name].config()
+    if task == "classify":
+        config.num_labels = CLASSIFY_LABELS
+    return config
 
 
 def head_modules(spec: ModelSpec, task: str, trust_remote_code: bool = False) -> list[str]:

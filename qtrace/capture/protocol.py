@@ -89,6 +89,8 @@ class Workload:
     pad_token_id: int
     vocab_size: int
     seed: int
+    # Extra generate() arguments (--decode static: cache_implementation etc.); empty by default.
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def with_prompt(self, index: int) -> Workload:
         """The same workload on prompt `index` (seeded from the run's seed, same for every precision).
@@ -137,6 +139,7 @@ def run_generate(model: Any, work: Workload, processors: list[Any] | None = None
         max_new_tokens=work.new_tokens, min_new_tokens=work.new_tokens,  # always exactly N tokens
         do_sample=False, num_beams=1, use_cache=True, pad_token_id=work.pad_token_id,
         logits_processor=LogitsProcessorList(processors or []),
+        **work.generate_kwargs,
     )
 
 

@@ -51,6 +51,7 @@ class Settings:
     outlier_dims: int = 0
     trust_remote_code: bool = False
     lean: bool | None = None  # None: on where the device is CUDA
+    decode: str = "dynamic"  # "static": static KV cache + CUDA graphs where the precision allows
 
     def validate(self) -> None:
         for name in ("batch_size", "seq_len", "new_tokens", "iters"):
@@ -63,6 +64,8 @@ class Settings:
             raise QtraceError(f"--int8-threshold must be 0 or more, got {self.int8_threshold}")
         if self.outlier_dims < 0:
             raise QtraceError(f"--outlier-dims must be 0 or more, got {self.outlier_dims}")
+        if self.decode not in ("dynamic", "static"):
+            raise QtraceError(f"--decode must be dynamic or static, got {self.decode!r}")
 
 
 class ProfileResult:
@@ -158,6 +161,7 @@ def profile(
     lean: bool | None = None,
     progress: Callable[[str], None] | None = None,
     quiet: bool = False,
+    decode: str = "dynamic",
 ) -> ProfileResult:
     """Load `model` at each precision in turn, measure it, record a trace; see docs/profile.md.
 
@@ -171,7 +175,7 @@ def profile(
     from qtrace.capture import models
 
     settings = Settings(model, None, task, batch_size, seq_len, new_tokens, warmup, iters, profile_steps,
-                        device, seed, float(int8_threshold), outlier_dims, trust_remote_code, lean)
+                        device, seed, float(int8_threshold), outlier_dims, trust_remote_code, lean, decode)
     settings.validate()
     if task not in models.TASKS:
         raise QtraceError(f"unknown task {task!r}; choose from {', '.join(models.TASKS)}")
@@ -293,6 +297,7 @@ class _Runner:
             "seed": s.seed, "int8_threshold": s.int8_threshold, "outlier_dims": s.outlier_dims,
             "outlier_dim_indices": [], "device": str(self.dev), "precisions": list(self.precisions),
             "trust_remote_code": s.trust_remote_code, "lean": self._lean_on(),
+            **({"decode": s.decode} if s.decode != "dynamic" else {}),
         }
         return {
             "qtrace_version": __version__,
@@ -320,6 +325,10 @@ class _Runner:
             self.say.line(f"{tag} loaded in {loaded.load_seconds:.2f} s, footprint {fmt_bytes(loaded.footprint_bytes)}")
             self._measure(loaded, entry, tag)
             entry["status"] = "ok"
+        except _unsupported() as exc:  # --decode static where the precision cannot: say why, not an error
+            entry["status"] = "unsupported"
+            entry["error"] = str(exc)
+            self.say.line(f"{tag} unsupported: {exc}")
         except Exception as exc:  # one precision failing (OOM, a bnb error) must not lose the others
             entry["status"] = "error"
             entry["error"] = one_line(exc)
@@ -342,6 +351,11 @@ class _Runner:
         entry["quality"] = self.quality.observe(loaded.precision, model)  # same inputs for every precision
         work = capture.make_workload(model, self.spec.kind, self.s.task, self.s.batch_size, self.s.seq_len,
                                      self.s.new_tokens, self.s.seed, self.dev)
+        if self.s.decode == "static" and self.s.task == "generate":
+            from qtrace.capture.static_decode import generate_kwargs
+
+            work.generate_kwargs = generate_kwargs(model, loaded.precision, self.dev)
+            entry["decode"] = "static"
         self.say.line(f"{tag} warm-up x{self.s.warmup}, timed x{self.s.iters} ({self.s.task}, "
                       f"batch {self.s.batch_size}, seq {self.s.seq_len})")
         capture.warm_up(model, work, self.s.warmup, self.dev, self.say.counter(tag))
@@ -417,6 +431,12 @@ class _Runner:
             fileio.write_text(self.out / precision / "error.txt", traceback.format_exc())
 
 
+def _unsupported() -> type[Exception]:
+    from qtrace.capture.static_decode import StaticDecodeUnsupported
+
+    return StaticDecodeUnsupported
+
+
 def _empty_entry(precision: str, dev: Any) -> dict[str, Any]:
     return {
         "status": "error", "error": None, "trace": None, "lean_trace": None, "compute_dtype": None,
@@ -441,6 +461,7 @@ def equivalent_command(s: Settings, model: str, precisions: tuple[str, ...], dev
            "--outlier-dims", str(s.outlier_dims), "--out", str(out)]
     if s.lean is not None:
         cmd.append("--lean" if s.lean else "--no-lean")
+    cmd += ["--decode", s.decode] if s.decode != "dynamic" else []
     return cmd + (["--trust-remote-code"] if s.trust_remote_code else [])
 
 

@@ -334,15 +334,32 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
               seq_lens: str | list[int] = "128", task: str = "forward", out: str | Path | None = None,
               force: bool = False, profile: bool = False, profile_steps: int = 3, baseline: str | None = None,
               runner: Callable[..., Any] | None = None, progress: Callable[[str], None] | None = None,
-              quiet: bool = False, **profile_kwargs: Any) -> SweepResult:
+              quiet: bool = False, decode: str | list[str] = "dynamic", point_budget_s: float | None = None,
+              time_budget_s: float | None = None, **profile_kwargs: Any) -> SweepResult:
     """Run `qtrace.profile` at every (batch size, seq len) point; write the table and plot.
 
     runner: a function with `qtrace.profile`'s signature (default: qtrace.capture.runner.profile), for tests.
     profile_kwargs: passed through (new_tokens, warmup, iters, device, seed, int8_threshold,
     outlier_dims, trust_remote_code).
+
+    Several models (``qwen2.5-0.5b,1.5b,3b``: short names resolve within the first's family), a
+    decode regime other than dynamic, or a time budget run the model axis instead
+    (qtrace.capture.size_sweep).
     """
     from qtrace import fileio
-    from qtrace.capture.models import PRECISIONS, parse_precisions
+    from qtrace.capture.models import PRECISIONS, PRESETS, parse_precisions
+    from qtrace.capture.size_presets import expand_models
+
+    names = expand_models(model, PRESETS)
+    decodes = tuple(d.strip() for d in (decode.split(",") if isinstance(decode, str) else decode) if d.strip())
+    if len(names) > 1 or decodes != ("dynamic",) or point_budget_s is not None or time_budget_s is not None:
+        from qtrace.capture.size_sweep import run_size_sweep
+
+        chosen_p = parse_precisions(precisions) if precisions is not None else None
+        return run_size_sweep(names, chosen_p, batch_sizes, seq_lens, task=task, decodes=decodes or ("dynamic",),
+                              out=out, force=force, profile_steps=profile_steps if profile else 0,
+                              baseline=baseline, point_budget_s=point_budget_s, time_budget_s=time_budget_s,
+                              runner=runner, progress=progress, quiet=quiet, **profile_kwargs)
 
     bs_list = parse_int_list(batch_sizes, "batch-size")
     seq_list = parse_int_list(seq_lens, "seq-len")

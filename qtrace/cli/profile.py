@@ -83,6 +83,13 @@ def profile_cmd(model: str | None, precisions: str | None, task: str, batch_size
     click.echo(f"run folder: {result.out}")
 
 
+def _cached(preset: object, is_cached: object) -> str:
+    """'on device' for presets built at each load (nothing cached), else yes/no."""
+    if getattr(preset, "init", "disk") == "device":
+        return "on device"
+    return "yes" if is_cached(preset.name) else "no"  # type: ignore[operator, attr-defined]
+
+
 @click.command("presets", context_settings={"help_option_names": ["-h", "--help"]})
 def presets_cmd() -> None:
     """List the built-in model presets (random weights built from a config, cached on disk)."""
@@ -93,7 +100,7 @@ def presets_cmd() -> None:
         cfg = p.config()
         params = count_params(cfg, p.kind)
         rows.append((p.name, f"{type(cfg).__name__.removesuffix('Config')} {p.kind}", f"{params / 1e6:.1f}M",
-                     ",".join(p.tasks), "yes" if preset_is_cached(p.name) else "no", p.purpose))
+                     ",".join(p.tasks), _cached(p, preset_is_cached), p.purpose))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
