@@ -10,6 +10,7 @@ import pandas as pd
 
 from qtrace.analyzers.attribution import _OPS_CHAIN_DEPTH, _STEP_RE, ASYNC_COPY_CALLS, SYNC_CALLS, window
 from qtrace.analyzers.host import OUTSIDE_OPS, busy_intervals, covered_in
+from qtrace.analyzers.attribution import quant_backend
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
 from qtrace.tracefile.kineto import Trace
 
@@ -84,6 +85,7 @@ def gpu_phases(trace: Trace) -> pd.DataFrame:
     ctx = _contexts_for(trace, gpu["op"].to_numpy())
     ctx["kind"] = gpu["cat"].to_numpy()
     ctx["kernel"] = gpu["name"].to_numpy()
+    ctx["quant_backend"] = quant_backend(trace)  # issue 15: backend kernel-name rules are gated on it
     gpu["phase"] = classify(ctx).to_numpy()
     gpu["group"] = gpu["phase"].map(group_of)
     gpu["step"] = ctx["step"].to_numpy()
@@ -106,6 +108,7 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     ctx = op_contexts(trace).copy()
     ctx["kind"] = "cpu_op"
     ctx["kernel"] = ""
+    ctx["quant_backend"] = quant_backend(trace)
     phase = classify(ctx)
     gpu = gpu_phases(trace)
     launched = gpu[gpu["op"] >= 0].drop_duplicates("op", keep="first")

@@ -27,7 +27,10 @@ class Rule:
     registered op prefixes, e.g. ``bitsandbytes::``); ``below_quant_op``, the op names under it,
     outermost first, ``/``-joined; ``module``, the innermost ``qtrace.module:`` class; ``ops``,
     all enclosing host ops, innermost first; ``kernel``, the GPU event's name; ``kind``:
-    ``kernel``, ``gpu_memcpy``, ``gpu_memset`` or ``cpu_op``.
+    ``kernel``, ``gpu_memcpy``, ``gpu_memset`` or ``cpu_op``; ``quant_backend``, the backend the
+    whole trace shows (its ops appear in the trace, or an op-less trace's qtrace metadata names
+    one of its precisions; ``""`` otherwise): kernel-name rules of a backend require it, so a
+    kernel name alone never claims a quantization phase on a trace that shows no quantization.
     """
 
     phase: str
@@ -38,11 +41,12 @@ class Rule:
     ops: str | None = None
     kernel: str | None = None
     kind: str | None = None
+    quant_backend: str | None = None
 
     def fields(self) -> dict[str, str]:
         return {k: v for k, v in (("quant_op", self.quant_op), ("below_quant_op", self.below_quant_op),
                                    ("module", self.module), ("ops", self.ops), ("kernel", self.kernel),
-                                   ("kind", self.kind)) if v}
+                                   ("kind", self.kind), ("quant_backend", self.quant_backend)) if v}
 
 
 @dataclass(frozen=True)
