@@ -22,8 +22,12 @@ _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
               "cuCtxSynchronize", "cuEventSynchronize", "cudaMemcpy", "cudaMemcpy2D", "cuMemcpyDtoH_v2",
-              "cuMemcpyHtoD_v2")
-ASYNC_COPY_CALLS = ("cudaMemcpyAsync", "cudaMemcpy2DAsync", "cuMemcpyDtoHAsync_v2", "cuMemcpyHtoDAsync_v2")
+              "cuMemcpyHtoD_v2",
+              # HIP (ROCm traces): the same calls under their hip names
+              "hipStreamSynchronize", "hipDeviceSynchronize", "hipEventSynchronize", "hipMemcpy", "hipMemcpy2D",
+              "hipMemcpyWithStream", "hipMemcpyDtoH", "hipMemcpyHtoD")
+ASYNC_COPY_CALLS = ("cudaMemcpyAsync", "cudaMemcpy2DAsync", "cuMemcpyDtoHAsync_v2", "cuMemcpyHtoDAsync_v2",
+                    "hipMemcpyAsync", "hipMemcpy2DAsync", "hipMemcpyDtoHAsync", "hipMemcpyHtoDAsync")
 
 
 def window(trace: Trace) -> tuple[float, float]:

@@ -189,30 +189,50 @@ def exposed_host_time(trace: Trace) -> pd.Series:
     return exposed.clip(lower=0.0)
 
 
+STEP_COLUMNS = ["step", "span_us", "gpu_span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs",
+                "sync_us"]
+
+
 def step_table(trace: Trace) -> pd.DataFrame:
-    """Per profiler step (ProfilerStep#N): span, GPU time, busy, idle, launches, syncs."""
+    """Per profiler step (ProfilerStep#N), on the host and on the GPU; both partition their timeline.
+
+    Host step: from its ProfilerStep start to the next one's start (the last step: to its own end),
+    so the host spans add up to the host step window and never overlap. GPU step: the GPU events
+    launched in the step (by the launching op's step), from the first of them to the first GPU event
+    of the next step that launched any (the last: to its last event's end); busy and idle are the
+    GPU's, all streams, inside that span, so GPU spans add up too. Launches and syncs by the
+    launching step.
+    """
     ops = trace.ops
     # The regex only on annotations (a few), not on every op name.
     ann = (ops["cat"] == "user_annotation").to_numpy(dtype=bool)
     is_step = np.zeros(len(ops), dtype=bool)
     is_step[ann] = ops["name"][ann].str.match(r"^ProfilerStep#\d+$").to_numpy(dtype=bool)
-    steps = ops[is_step]
-    cols = ["step", "span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us"]
+    steps = ops[is_step].sort_values("ts", kind="stable")
     if steps.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=STEP_COLUMNS)
     gpu = gpu_phases(trace)
     rt = runtime_phases(trace)
+    numbers = [int(name.split("#", 1)[1]) for name in steps["name"]]
+    starts = steps["ts"].to_numpy(dtype=float)
+    host_end = np.append(starts[1:], float(steps["end"].iloc[-1]))
+    by_step = {n: g for n, g in gpu[gpu["step"] >= 0].groupby("step")}
+    gpu_start = [float(by_step[n]["ts"].min()) if n in by_step else np.nan for n in numbers]
+    bs, be = busy_intervals(gpu)
     rows = []
-    for s in steps.itertuples():
-        n = int(s.name.split("#", 1)[1])
-        g = gpu[gpu["step"] == n]
+    for i, n in enumerate(numbers):
+        g = by_step.get(n)
         r = rt[rt["step"] == n]
-        lo = float(s.ts)
-        hi = float(max(s.end, g["end"].max() if len(g) else s.end))
-        bs, be = busy_intervals(g)
-        busy = covered_in(bs, be, lo, hi)
         sync = r[r["is_sync"]]
-        rows.append({"step": n, "span_us": hi - lo, "gpu_time_us": float(g["dur"].sum()), "gpu_busy_us": busy,
-                     "gpu_idle_us": max(hi - lo - busy, 0.0), "launches": int(r["is_launch"].sum()),
+        gpu_span = busy = 0.0
+        if g is not None:
+            later = [x for x in gpu_start[i + 1:] if not np.isnan(x)]
+            lo = gpu_start[i]
+            hi = later[0] if later else float(g["end"].max())
+            gpu_span = max(hi - lo, 0.0)
+            busy = covered_in(bs, be, lo, hi)
+        rows.append({"step": n, "span_us": float(host_end[i] - starts[i]), "gpu_span_us": gpu_span,
+                     "gpu_time_us": float(g["dur"].sum()) if g is not None else 0.0, "gpu_busy_us": busy,
+                     "gpu_idle_us": max(gpu_span - busy, 0.0), "launches": int(r["is_launch"].sum()),
                      "syncs": int(len(sync)), "sync_us": float(sync["dur"].sum())})
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=STEP_COLUMNS)

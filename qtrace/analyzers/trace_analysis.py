@@ -18,6 +18,7 @@ import pandas as pd
 from qtrace.analyzers.host import host_summary, step_table
 from qtrace.analyzers.kernels import kernel_table
 from qtrace.analyzers.phases import coverage, gpu_time_us, phase_table
+from qtrace.analyzers.precision import infer_precision
 from qtrace.backends import BACKENDS, resolve
 from qtrace.errors import QtraceError
 from qtrace.fileio import INCOMPLETE_MARKER
@@ -82,15 +83,8 @@ def precision_of(trace: Trace) -> str | None:
         found = backend.detect_precision(names) if backend.detect_precision else None
         if found:
             return found
-    # No quantized op: name the dense precision by the dtype of the first GEMM's input.
-    gemms = trace.ops[trace.ops["name"].isin(["aten::linear", "aten::addmm", "aten::mm"])]
-    types = gemms["input_type"].dropna()
-    if len(types):
-        first = bytes(types.iloc[0])
-        for token, name in ((b"c10::Half", "fp16"), (b"c10::BFloat16", "bf16"), (b'"float"', "fp32")):
-            if token in first:
-                return name
-    return None
+    # No quantized op: what the GEMMs show, weighted by their GPU time (qtrace.analyzers.precision).
+    return infer_precision(trace)
 
 
 def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None = None,

@@ -105,11 +105,14 @@ def _kernel_rows(r: TraceReport, width: int, escape: bool) -> list[list[str]]:
 
 
 def _step_rows(r: TraceReport) -> list[list[str]]:
-    return [[str(s.step), ms(s.span_us), ms(s.gpu_time_us), ms(s.gpu_busy_us), ms(s.gpu_idle_us), str(s.launches),
-             str(s.syncs), ms(s.sync_us)] for s in r.steps.itertuples()]
+    return [[str(s.step), ms(s.span_us), ms(s.gpu_span_us), ms(s.gpu_time_us), ms(s.gpu_busy_us), ms(s.gpu_idle_us),
+             str(s.launches), str(s.syncs), ms(s.sync_us)] for s in r.steps.itertuples()]
 
 
-STEP_HEADERS = ["step", "span ms", "GPU ms", "busy ms", "idle ms", "launches", "syncs", "sync ms"]
+# Host span: ProfilerStep start to the next one's; GPU span: the step's GPU work to the next step's
+# (both partition their timeline: host_analysis.step_table).
+STEP_HEADERS = ["step", "host span ms", "GPU span ms", "GPU ms", "busy ms", "idle ms", "launches", "syncs",
+                "sync ms"]
 KERNEL_HEADERS = ["kernel", "phase", "count", "GPU ms", "share"]
 
 

@@ -113,6 +113,9 @@ class Trace:
     memory: pd.DataFrame
     metadata: dict[str, Any] = field(default_factory=dict)
     base_ts_us: float = 0.0
+    # Complete events of device categories qtrace reads but does not attribute (OTHER_DEVICE_CATS):
+    # category -> count, so that a report can say what an MTIA or CUPTI-range trace holds.
+    other_events: dict[str, int] = field(default_factory=dict)
 
     @property
     def qtrace_meta(self) -> dict[str, Any]:
@@ -618,8 +621,6 @@ def build_trace(cols: _Columns, source: str, metadata: dict[str, Any]) -> Trace:
     frames = cols.frames()
     other = dict(cols.other_cats)
     del cols
-    if other:
-        metadata = {**metadata, "other_device_events": other}
     if not len(frames["host"]) and not len(frames["gpu"]) and not len(frames["runtime"]):
         found = f" (it holds only {', '.join(f'{n} {c}' for c, n in sorted(other.items()))} events)" if other else ""
         raise TraceFormatError(f"{source}: trace holds no profiler events: no host op, runtime call, kernel or GPU "
@@ -634,7 +635,7 @@ def build_trace(cols: _Columns, source: str, metadata: dict[str, Any]) -> Trace:
     for df in (ops, runtime, gpu, memory):
         df.attrs["source"] = source
     return Trace(source=source, ops=ops, runtime=runtime, gpu=gpu, memory=memory, metadata=metadata,
-                 base_ts_us=base)
+                 base_ts_us=base, other_events=other)
 
 
 _STEP_NAME = re.compile(r"^ProfilerStep#\d+$")
