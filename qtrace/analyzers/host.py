@@ -67,8 +67,9 @@ def host_summary(trace: Trace) -> dict:
     syncs = rt[rt["is_sync"]]
     idle = max(span - busy, 0.0)
     idle_share = idle / span if span > 0 else 0.0
+    comm_us = comm_range_us(trace)
     if not len(gpu):
-        verdict = "cpu-only: the trace holds no GPU activity; phases are measured in host (CPU) time"
+        verdict = cpu_only_verdict(trace, comm_us)
     elif idle_share > HOST_BOUND_IDLE_SHARE:
         verdict = (f"host-bound: the GPU idles {idle_share:.0%} of the window; "
                    f"{len(syncs)} host syncs block the CPU for {syncs['dur'].sum() / 1000:.2f} ms")
@@ -88,8 +89,39 @@ def host_summary(trace: Trace) -> dict:
         "sync_us": float(syncs["dur"].sum()),
         "syncs_by_call": {str(k): {"count": int(v["count"]), "us": float(v["sum"])} for k, v in by_call.iterrows()},
         "host_op_us": float(op_phases(trace).query("cat == 'cpu_op'")["self_us"].sum()),
+        "comm_range_us": comm_us,
         "verdict": verdict,
     }
+
+
+# Communication ranges a CPU backend records as annotations on its own threads (gloo:all_reduce...).
+_COMM_RANGES = r"^(gloo:|nccl:|c10d::|record_param_comms)"
+
+
+def comm_range_us(trace: Trace) -> float:
+    """Time in outermost communication annotations (gloo/nccl ranges), summed over threads."""
+    ops = trace.ops
+    if not len(ops):
+        return 0.0
+    top = ops[(ops["parent"] < 0) & (ops["cat"] == "user_annotation")]
+    return float(top.loc[top["name"].str.contains(_COMM_RANGES, regex=True), "dur"].sum())
+
+
+def cpu_only_verdict(trace: Trace, comm_us: float) -> str:
+    """What a trace without CUDA/ROCm GPU events holds: device events of another kind, or host work only."""
+    other = trace.other_events
+    mtia = {k: v for k, v in other.items() if k.startswith("mtia")}
+    if mtia:
+        held = ", ".join(f"{n} {c}" for c, n in sorted(mtia.items()))
+        return (f"MTIA trace: no CUDA/ROCm GPU events; it holds {held} events, which qtrace does not attribute "
+                "to phases; phases are measured in host (CPU) time")
+    if other.get("cuda_profiler_range"):
+        return (f"CUPTI counter (profiler-range) trace: {other['cuda_profiler_range']} cuda_profiler_range events "
+                "and no kernel activity records; phases are measured in host (CPU) time")
+    line = "cpu-only: the trace holds no GPU activity; phases are measured in host (CPU) time"
+    if comm_us > 0:
+        line += f"; communication ranges (gloo/nccl annotations) take {comm_us / 1000:.2f} ms over their threads"
+    return line
 
 
 def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:

@@ -109,7 +109,7 @@ RULES: list[Rule] = [
     Rule("norm", "norm kernels", kernel=r"layer_norm|rms_norm|LayerNorm|RMSNorm|layernorm|[Rr]msnorm|batch_norm|"
                                          r"BatchNorm|batchnorm|bn_fw|bn_bw|group_norm|GroupNorm"),
     Rule("conv", "convolution kernels (cuDNN, MIOpen)",
-         kernel=r"[Cc]onv(?!ert)|cudnn::cnn|dgrad|wgrad|fprop|igemm_(fwd|bwd|wrw)|miopen|MIOpen|winograd|Winograd"),
+         kernel=r"[Cc]onv(?!ert)|cudnn::cnn|scudnn|hcudnn|dgrad|wgrad|fprop|igemm_(fwd|bwd|wrw)|miopen|MIOpen|winograd|Winograd"),
     Rule("embedding", "embedding kernels", kernel=r"embedding|indexSelect"),
     Rule("dense.gemm", "GEMM kernels",
          kernel=r"gemm|nvjet|cutlass|xmma|cublas|splitKreduce|sgemm|hgemm|Cijk_|matmul|_mm_"),

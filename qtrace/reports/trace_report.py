@@ -44,7 +44,10 @@ def headline(r: TraceReport) -> list[str]:
             f"{pct(r.coverage)}; window {ms(h['span_us'])} ms: GPU busy {ms(h['gpu_busy_us'])} ms, idle "
             f"{ms(h['gpu_idle_us'])} ms; {h['launches']} launches, {h['syncs']} syncs ({ms(h['sync_us'])} ms)")
     else:
-        lines.append(f"Host op time {ms(h['host_op_us'])} ms over a window of {ms(h['span_us'])} ms")
+        line = f"Host op time {ms(h['host_op_us'])} ms over a window of {ms(h['span_us'])} ms"
+        if h.get("comm_range_us"):
+            line += f"; communication ranges {ms(h['comm_range_us'])} ms (summed over their threads)"
+        lines.append(line)
     m = r.measured or {}
     lat = (m.get("latency_ms") or {}).get("per_iter") or {}
     if lat.get("median") is not None:
@@ -83,8 +86,8 @@ def _extra_headlines(r: TraceReport) -> list[str]:
 
 def _title(r: TraceReport) -> str:
     bits = [r.source]
-    if r.precision:
-        bits.append(f"precision {r.precision}")
+    # None: no quantized op, no metadata and no GEMM that shows its type (qtrace.analyzers.precision).
+    bits.append(f"precision {r.precision or 'unknown'}")
     if r.device:
         bits.append(r.device)
     return " · ".join(bits)
@@ -193,6 +196,24 @@ def write_outputs(reports: list[TraceReport], out: Path, source: str, run: dict[
     return written
 
 
+RANK_HEADERS = ["rank", "time ms", "measure", "GPU ms", "busy ms", "idle ms"]
+
+
+def _rank_rows(ranks: dict[str, Any]) -> list[list[str]]:
+    return [[str(r["rank"]), ms(r["time_us"]), r["measure"], ms(r["gpu_time_us"]), ms(r["gpu_busy_us"]),
+             ms(r["gpu_idle_us"])] for r in ranks["ranks"]]
+
+
+def render_ranks_text(ranks: dict[str, Any]) -> str:
+    """The cross-rank summary (qtrace.analyzers.ranks) after the per-rank sections."""
+    return "\n".join(["== across ranks", ranks["summary"], "", text_table(RANK_HEADERS, _rank_rows(ranks)), ""])
+
+
+def render_ranks_markdown(ranks: dict[str, Any]) -> str:
+    return "\n".join(["## Across ranks", "", f"- {md_escape(ranks['summary'])}", "",
+                      md_table(RANK_HEADERS, [[md_escape(c) for c in row] for row in _rank_rows(ranks)]), ""])
+
+
 def render_csv(reports: list[TraceReport]) -> str:
     """The phase tables of all reports as one CSV on stdout (a `source` column tells them apart)."""
     frames = []
@@ -204,4 +225,5 @@ def render_csv(reports: list[TraceReport]) -> str:
     return pd.concat(frames, ignore_index=True).to_csv(index=False)
 
 
-__all__ = ["render_text", "render_markdown", "render_csv", "to_json_obj", "write_outputs", "headline"]
+__all__ = ["render_text", "render_markdown", "render_ranks_text", "render_ranks_markdown",
+ "render_csv", "to_json_obj", "write_outputs", "headline"]
