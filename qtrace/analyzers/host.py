@@ -95,7 +95,7 @@ def host_summary(trace: Trace) -> dict:
 
 
 # Communication ranges a CPU backend records as annotations on its own threads (gloo:all_reduce...).
-_COMM_RANGES = r"^(gloo:|nccl:|c10d::|record_param_comms)"
+_COMM_RANGES = r"^(?:gloo:|nccl:|c10d::|record_param_comms)"
 
 
 def comm_range_us(trace: Trace) -> float:

@@ -430,7 +430,11 @@ def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int
     try:
         if raw.lstrip()[:1] == b"[":
             # The earliest Kineto format (PyTorch 1.8 previews): a bare JSON array of events.
-            decoded = _TraceFile(traceEvents=_EVENTS_DECODER.decode(raw))
+            try:
+                decoded = _TraceFile(traceEvents=_EVENTS_DECODER.decode(raw))
+            except msgspec.ValidationError:
+                raise TraceFormatError(f"{p}: not a torch.profiler trace (the JSON is not an object, nor an array "
+                                       "of trace events)") from None
             metadata = {}
         else:
             decoded = msgspec.json.decode(raw, type=_TraceFile)
