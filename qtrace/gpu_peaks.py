@@ -32,7 +32,8 @@ from typing import Any
 # Fields of a peak set, with units: GB/s = 1e9 B/s, TFLOPS/TOPS = 1e12 op/s.
 PEAK_FIELDS = ("hbm_gbps", "fp16_tflops", "bf16_tflops", "int8_tops", "fp32_tflops")
 # Which peak field a compute dtype is measured against.
-DTYPE_PEAK = {"fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp32": "fp32_tflops", "int8": "int8_tops"}
+DTYPE_PEAK = {"fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp32": "fp32_tflops", "int8": "int8_tops",
+              "tf32": "tf32_tflops"}  # no table entry has a TF32 peak yet: TF32 GEMMs then get no roof
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qtrace.analyzers.attribution import _OPS_CHAIN_DEPTH, _STEP_RE, ASYNC_COPY_CALLS, SYNC_CALLS, window
+from qtrace.analyzers.attribution import _OPS_CHAIN_DEPTH, _STEP_RE, ASYNC_COPY_CALLS, SYNC_CALLS, quant_backend, window
 from qtrace.analyzers.host import OUTSIDE_OPS, busy_intervals, covered_in
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
 from qtrace.tracefile.kineto import Trace
@@ -84,6 +84,7 @@ def gpu_phases(trace: Trace) -> pd.DataFrame:
     ctx = _contexts_for(trace, gpu["op"].to_numpy())
     ctx["kind"] = gpu["cat"].to_numpy()
     ctx["kernel"] = gpu["name"].to_numpy()
+    ctx["quant_backend"] = quant_backend(trace)  # issue 15: backend kernel-name rules are gated on it
     gpu["phase"] = classify(ctx).to_numpy()
     gpu["group"] = gpu["phase"].map(group_of)
     gpu["step"] = ctx["step"].to_numpy()
@@ -106,6 +107,7 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     ctx = op_contexts(trace).copy()
     ctx["kind"] = "cpu_op"
     ctx["kernel"] = ""
+    ctx["quant_backend"] = quant_backend(trace)
     phase = classify(ctx)
     gpu = gpu_phases(trace)
     launched = gpu[gpu["op"] >= 0].drop_duplicates("op", keep="first")
@@ -212,25 +214,42 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
 
 
 def step_table(trace: Trace) -> pd.DataFrame:
-    """Per profiler step (ProfilerStep#N): span, GPU time, busy, idle, launches, syncs."""
+    """Per profiler step: host and GPU spans that partition their timelines (issue 15 semantics).
+
+    Updated deliberately for issue 15: the old oracle spanned each step to the last GPU event it
+    launched, so steps overlapped. Written as a plain loop over steps in time order.
+    """
     ops = trace.ops
     steps = ops[(ops["cat"] == "user_annotation") & ops["name"].str.match(r"^ProfilerStep#\d+$")]
-    cols = ["step", "span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us"]
+    steps = steps.sort_values("ts", kind="stable")
+    cols = ["step", "span_us", "gpu_span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs",
+            "sync_us"]
     if steps.empty:
         return pd.DataFrame(columns=cols)
     gpu = gpu_phases(trace)
     rt = runtime_phases(trace)
+    bs, be = busy_intervals(gpu)
+    items = list(steps.itertuples())
+    nums = [int(s.name.split("#", 1)[1]) for s in items]
+    firsts = []
+    for n in nums:
+        g = gpu[gpu["step"] == n]
+        firsts.append(float(g["ts"].min()) if len(g) else None)
     rows = []
-    for s in steps.itertuples():
-        n = int(s.name.split("#", 1)[1])
+    for i, s in enumerate(items):
+        n = nums[i]
         g = gpu[gpu["step"] == n]
         r = rt[rt["step"] == n]
-        lo = float(s.ts)
-        hi = float(max(s.end, g["end"].max() if len(g) else s.end))
-        bs, be = busy_intervals(g)
-        busy = covered_in(bs, be, lo, hi)
+        host_hi = float(items[i + 1].ts) if i + 1 < len(items) else float(s.end)
+        span_g = busy = 0.0
+        if len(g):
+            nxt = next((f for f in firsts[i + 1:] if f is not None), None)
+            hi = nxt if nxt is not None else float(g["end"].max())
+            span_g = max(hi - firsts[i], 0.0)
+            busy = covered_in(bs, be, firsts[i], hi)
         sync = r[r["is_sync"]]
-        rows.append({"step": n, "span_us": hi - lo, "gpu_time_us": float(g["dur"].sum()), "gpu_busy_us": busy,
-                     "gpu_idle_us": max(hi - lo - busy, 0.0), "launches": int(r["is_launch"].sum()),
+        rows.append({"step": n, "span_us": host_hi - float(s.ts), "gpu_span_us": span_g,
+                     "gpu_time_us": float(g["dur"].sum()), "gpu_busy_us": busy,
+                     "gpu_idle_us": max(span_g - busy, 0.0), "launches": int(r["is_launch"].sum()),
                      "syncs": int(len(sync)), "sync_us": float(sync["dur"].sum())})
     return pd.DataFrame(rows, columns=cols)

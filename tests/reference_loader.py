@@ -173,8 +173,9 @@ def load_trace(path: str | os.PathLike) -> Trace:
 def build_trace(events: list[_Event], source: str, metadata: dict[str, Any]) -> Trace:
     cols = _columns(events)
     del events
-    if not cols["host"]["name"] and not cols["gpu"]["name"]:
-        raise TraceFormatError(f"{source}: trace holds no profiler events (no cpu_op, kernel or runtime events)")
+    # Issue 15 (updated deliberately): a trace of runtime calls only is read, not refused.
+    if not cols["host"]["name"] and not cols["gpu"]["name"] and not cols["runtime"]["name"]:
+        raise TraceFormatError(f"{source}: trace holds no profiler events")
     base = _base_ts(cols)
     ops = _frame(cols["host"], base)
     runtime = _frame(cols["runtime"], base)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
-from qtrace.backends import OP_PREFIXES
+from qtrace.backends import BACKENDS, OP_PREFIXES, backend_for
 from qtrace.tracefile.kineto import Trace
 
 _OPS_CHAIN_DEPTH = 6  # innermost host ops kept in the `ops` context: enough for aten::mm < matmul < linear
@@ -22,8 +22,12 @@ _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
               "cuCtxSynchronize", "cuEventSynchronize", "cudaMemcpy", "cudaMemcpy2D", "cuMemcpyDtoH_v2",
-              "cuMemcpyHtoD_v2")
-ASYNC_COPY_CALLS = ("cudaMemcpyAsync", "cudaMemcpy2DAsync", "cuMemcpyDtoHAsync_v2", "cuMemcpyHtoDAsync_v2")
+              "cuMemcpyHtoD_v2",
+              # HIP (ROCm traces): the same calls under their hip names
+              "hipStreamSynchronize", "hipDeviceSynchronize", "hipEventSynchronize", "hipMemcpy", "hipMemcpy2D",
+              "hipMemcpyWithStream", "hipMemcpyDtoH", "hipMemcpyHtoD")
+ASYNC_COPY_CALLS = ("cudaMemcpyAsync", "cudaMemcpy2DAsync", "cuMemcpyDtoHAsync_v2", "cuMemcpyHtoDAsync_v2",
+                    "hipMemcpyAsync", "hipMemcpy2DAsync", "hipMemcpyDtoHAsync", "hipMemcpyHtoDAsync")
 
 
 def window(trace: Trace) -> tuple[float, float]:
@@ -40,6 +44,29 @@ def window(trace: Trace) -> tuple[float, float]:
     if not starts:
         return 0.0, 0.0
     return float(min(starts)), float(max(ends))
+
+
+def quant_backend(trace: Trace) -> str:
+    """The quantization backend this trace shows, or "" (the ``quant_backend`` context of the rules).
+
+    Its ops in the trace are the evidence; a trace without host ops (GPU-only) can only say so in
+    the qtrace metadata written by ``qtrace profile`` (its precision is one of the backend's).
+    """
+    cache = _cache(trace)
+    if "quant_backend" not in cache:
+        found = ""
+        names = trace.ops["name"]
+        if len(names):
+            distinct = pd.Series(names.unique(), dtype=object)
+            for backend in BACKENDS:
+                if distinct.str.startswith(backend.op_prefixes).any():
+                    found = backend.name
+                    break
+        else:
+            backend = backend_for(str(trace.qtrace_meta.get("precision") or ""))
+            found = backend.name if backend is not None else ""
+        cache["quant_backend"] = found
+    return cache["quant_backend"]
 
 
 def _cache(trace: Trace) -> dict:
@@ -167,6 +194,7 @@ def _classify_distinct(trace: Trace, op_rows: np.ndarray, kind: np.ndarray, kern
     ctx = _contexts_for(trace, op_rows[first])
     ctx["kind"] = kind[first]
     ctx["kernel"] = kernel[first]
+    ctx["quant_backend"] = quant_backend(trace)
     return classify(ctx).to_numpy()[inverse.ravel()]
 
 
@@ -201,6 +229,7 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     distinct = table.copy()
     distinct["kind"] = "cpu_op"
     distinct["kernel"] = ""
+    distinct["quant_backend"] = quant_backend(trace)
     phase = pd.Series(classify(distinct).to_numpy()[ctx_of], index=ops.index, dtype=object)
     gpu = gpu_phases(trace)
     launched = gpu[gpu["op"] >= 0].drop_duplicates("op", keep="first")

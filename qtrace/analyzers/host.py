@@ -67,8 +67,9 @@ def host_summary(trace: Trace) -> dict:
     syncs = rt[rt["is_sync"]]
     idle = max(span - busy, 0.0)
     idle_share = idle / span if span > 0 else 0.0
+    comm_us = comm_range_us(trace)
     if not len(gpu):
-        verdict = "cpu-only: the trace holds no GPU activity; phases are measured in host (CPU) time"
+        verdict = cpu_only_verdict(trace, comm_us)
     elif idle_share > HOST_BOUND_IDLE_SHARE:
         verdict = (f"host-bound: the GPU idles {idle_share:.0%} of the window; "
                    f"{len(syncs)} host syncs block the CPU for {syncs['dur'].sum() / 1000:.2f} ms")
@@ -88,8 +89,39 @@ def host_summary(trace: Trace) -> dict:
         "sync_us": float(syncs["dur"].sum()),
         "syncs_by_call": {str(k): {"count": int(v["count"]), "us": float(v["sum"])} for k, v in by_call.iterrows()},
         "host_op_us": float(op_phases(trace).query("cat == 'cpu_op'")["self_us"].sum()),
+        "comm_range_us": comm_us,
         "verdict": verdict,
     }
+
+
+# Communication ranges a CPU backend records as annotations on its own threads (gloo:all_reduce...).
+_COMM_RANGES = r"^(?:gloo:|nccl:|c10d::|record_param_comms)"
+
+
+def comm_range_us(trace: Trace) -> float:
+    """Time in outermost communication annotations (gloo/nccl ranges), summed over threads."""
+    ops = trace.ops
+    if not len(ops):
+        return 0.0
+    top = ops[(ops["parent"] < 0) & (ops["cat"] == "user_annotation")]
+    return float(top.loc[top["name"].str.contains(_COMM_RANGES, regex=True), "dur"].sum())
+
+
+def cpu_only_verdict(trace: Trace, comm_us: float) -> str:
+    """What a trace without CUDA/ROCm GPU events holds: device events of another kind, or host work only."""
+    other = trace.other_events
+    mtia = {k: v for k, v in other.items() if k.startswith("mtia")}
+    if mtia:
+        held = ", ".join(f"{n} {c}" for c, n in sorted(mtia.items()))
+        return (f"MTIA trace: no CUDA/ROCm GPU events; it holds {held} events, which qtrace does not attribute "
+                "to phases; phases are measured in host (CPU) time")
+    if other.get("cuda_profiler_range"):
+        return (f"CUPTI counter (profiler-range) trace: {other['cuda_profiler_range']} cuda_profiler_range events "
+                "and no kernel activity records; phases are measured in host (CPU) time")
+    line = "cpu-only: the trace holds no GPU activity; phases are measured in host (CPU) time"
+    if comm_us > 0:
+        line += f"; communication ranges (gloo/nccl annotations) take {comm_us / 1000:.2f} ms over their threads"
+    return line
 
 
 def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
@@ -189,30 +221,50 @@ def exposed_host_time(trace: Trace) -> pd.Series:
     return exposed.clip(lower=0.0)
 
 
+STEP_COLUMNS = ["step", "span_us", "gpu_span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs",
+                "sync_us"]
+
+
 def step_table(trace: Trace) -> pd.DataFrame:
-    """Per profiler step (ProfilerStep#N): span, GPU time, busy, idle, launches, syncs."""
+    """Per profiler step (ProfilerStep#N), on the host and on the GPU; both partition their timeline.
+
+    Host step: from its ProfilerStep start to the next one's start (the last step: to its own end),
+    so the host spans add up to the host step window and never overlap. GPU step: the GPU events
+    launched in the step (by the launching op's step), from the first of them to the first GPU event
+    of the next step that launched any (the last: to its last event's end); busy and idle are the
+    GPU's, all streams, inside that span, so GPU spans add up too. Launches and syncs by the
+    launching step.
+    """
     ops = trace.ops
     # The regex only on annotations (a few), not on every op name.
     ann = (ops["cat"] == "user_annotation").to_numpy(dtype=bool)
     is_step = np.zeros(len(ops), dtype=bool)
     is_step[ann] = ops["name"][ann].str.match(r"^ProfilerStep#\d+$").to_numpy(dtype=bool)
-    steps = ops[is_step]
-    cols = ["step", "span_us", "gpu_time_us", "gpu_busy_us", "gpu_idle_us", "launches", "syncs", "sync_us"]
+    steps = ops[is_step].sort_values("ts", kind="stable")
     if steps.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=STEP_COLUMNS)
     gpu = gpu_phases(trace)
     rt = runtime_phases(trace)
+    numbers = [int(name.split("#", 1)[1]) for name in steps["name"]]
+    starts = steps["ts"].to_numpy(dtype=float)
+    host_end = np.append(starts[1:], float(steps["end"].iloc[-1]))
+    by_step = {n: g for n, g in gpu[gpu["step"] >= 0].groupby("step")}
+    gpu_start = [float(by_step[n]["ts"].min()) if n in by_step else np.nan for n in numbers]
+    bs, be = busy_intervals(gpu)
     rows = []
-    for s in steps.itertuples():
-        n = int(s.name.split("#", 1)[1])
-        g = gpu[gpu["step"] == n]
+    for i, n in enumerate(numbers):
+        g = by_step.get(n)
         r = rt[rt["step"] == n]
-        lo = float(s.ts)
-        hi = float(max(s.end, g["end"].max() if len(g) else s.end))
-        bs, be = busy_intervals(g)
-        busy = covered_in(bs, be, lo, hi)
         sync = r[r["is_sync"]]
-        rows.append({"step": n, "span_us": hi - lo, "gpu_time_us": float(g["dur"].sum()), "gpu_busy_us": busy,
-                     "gpu_idle_us": max(hi - lo - busy, 0.0), "launches": int(r["is_launch"].sum()),
+        gpu_span = busy = 0.0
+        if g is not None:
+            later = [x for x in gpu_start[i + 1:] if not np.isnan(x)]
+            lo = gpu_start[i]
+            hi = later[0] if later else float(g["end"].max())
+            gpu_span = max(hi - lo, 0.0)
+            busy = covered_in(bs, be, lo, hi)
+        rows.append({"step": n, "span_us": float(host_end[i] - starts[i]), "gpu_span_us": gpu_span,
+                     "gpu_time_us": float(g["dur"].sum()) if g is not None else 0.0, "gpu_busy_us": busy,
+                     "gpu_idle_us": max(gpu_span - busy, 0.0), "launches": int(r["is_launch"].sum()),
                      "syncs": int(len(sync)), "sync_us": float(sync["dur"].sum())})
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=STEP_COLUMNS)

@@ -356,7 +356,10 @@ def units(trace: Trace) -> pd.DataFrame:
     agg["bytes"] = rows_b
     agg["flops"] = rows_f
     agg["int_ops"] = rows_i
-    agg["dtype"] = rows_d
+    # A fp32 GEMM run by a TF32 tensor-core kernel is held against a TF32 peak (none in the peak
+    # table: then it has no roof), never the fp32 CUDA-core peak it can beat ("128% of roof").
+    is_tf32 = agg["kernel"].astype(str).str.contains(TF32_KERNELS, regex=True).to_numpy(dtype=bool)
+    agg["dtype"] = ["tf32" if d == "fp32" and t else d for d, t in zip(rows_d, is_tf32, strict=True)]
     agg["link"] = rows_l
     out = agg.reset_index(drop=True)[UNIT_COLUMNS]
     unit_of_event = np.empty(len(ev), dtype=np.int64)
@@ -408,6 +411,9 @@ def _nan_to_none(x: Any) -> Any:
     if isinstance(x, np.floating):
         return float(x)
     return x
+
+
+TF32_KERNELS = r"(?i)tf32|s1688gemm|s16816gemm|sm80_xmma_gemm_f32f32_tf32|cutlass_80_tensorop_s1688"
 
 
 def unit_bounds(u: pd.DataFrame, peaks: Peaks) -> pd.DataFrame:
@@ -549,6 +555,17 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: _nan_to_none(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
 
 
+def _bound(r: dict[str, Any]) -> str | None:
+    """The bound label of a row, None when there is none (a missing label may read back as NaN)."""
+    b = r.get("bound")
+    return b if isinstance(b, str) else None
+
+
+def shapes_recorded(trace: Trace) -> bool:
+    """Whether any op carries its input shapes (profiled with record_shapes=True)."""
+    return bool(len(trace.ops)) and bool(trace.ops["input_dims"].notna().any())
+
+
 def roofline_section(trace: Trace, top: int = 15, peaks: Peaks | None = None) -> dict[str, Any]:
     """The `roofline` block of a report: device peaks, per-phase and per-kernel rows, text."""
     peaks = peaks or peaks_for(trace.device_name)
@@ -570,6 +587,9 @@ def roofline_section(trace: Trace, top: int = 15, peaks: Peaks | None = None) ->
         | {r["phase"]: {k: r.get(k) for k in PHASE_FIELDS} for r in phase_records},
     }
     section["headline"] = headline(phases, peaks)
+    if section["headline"] is None and not shapes_recorded(trace):
+        section["headline"] = ("Roofline: no shapes recorded (profile with record_shapes=True for bytes and FLOPs "
+                               "per phase)")
     section["markdown"] = render_markdown(phases, kernels, peaks)
     section["text"] = render_text(phases, peaks)
     return section
@@ -606,14 +626,15 @@ def headline(phases: pd.DataFrame, peaks: Peaks) -> str | None:
     p = phases.sort_values("gpu_time_us", ascending=False).head(4)
     bits = []
     for r in p.to_dict(orient="records"):
-        if r.get("bound") is None and _nan_to_none(r.get("achieved_gbps")) is None:
+        if _bound(r) is None and _nan_to_none(r.get("achieved_gbps")) is None:
             continue
         util = max([x for x in (_nan_to_none(r.get("mem_util")), _nan_to_none(r.get("compute_util")))
                     if x is not None], default=None)
         rate = _rate(r)
         parts = [f"{_fmt(r.get('achieved_gbps'), 0)} GB/s"] + ([rate] if rate != "-" else [])
         roof = f", {util * 100:.1f}% of roof" if util is not None else ""
-        bits.append(f"{r['phase']} {r.get('bound') or 'unknown'}-bound ({', '.join(parts)}{roof})")
+        label = f"{_bound(r)}-bound" if _bound(r) else "bound unknown"
+        bits.append(f"{r['phase']} {label} ({', '.join(parts)}{roof})")
     if not bits:
         return None
     return "Roofline: " + "; ".join(bits)
@@ -627,7 +648,7 @@ def _phase_cells(phases: pd.DataFrame) -> list[list[str]]:
     for r in phases.to_dict(orient="records"):
         rows.append([r["phase"], _fmt((_nan_to_none(r["gpu_time_us"]) or 0) / 1000, 3), _pct(r["modeled_share"]),
                      _fmt(r["achieved_gbps"], 0), _rate(r), _pct(r["mem_util"]), _pct(r["compute_util"]),
-                     r["bound"] or "-"])
+                     _bound(r) or "-"])
     return rows
 
 
@@ -652,6 +673,6 @@ def render_markdown(phases: pd.DataFrame, kernels: pd.DataFrame, peaks: Peaks) -
         for r in kernels.to_dict(orient="records"):
             rows.append([md_escape(shorten(str(r["kernel"]), 70)), r["phase"], str(r["units"]),
                          _fmt(r["gpu_time_us"] / 1000, 3), _fmt(r["mean_unit_us"], 1), _fmt(r["achieved_gbps"], 0),
-                         _rate(r), _pct(r["mem_util"]), _pct(r["compute_util"]), r["bound"] or "-"])
+                         _rate(r), _pct(r["mem_util"]), _pct(r["compute_util"]), _bound(r) or "-"])
         lines += ["", md_table(head, rows, "llrrrrrrrl")]
     return "\n".join(lines)

@@ -8,6 +8,8 @@ command line: a trace file or a run folder.
 from __future__ import annotations
 
 import os
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pandas as pd
 from qtrace.analyzers.host import host_summary, step_table
 from qtrace.analyzers.kernels import kernel_table
 from qtrace.analyzers.phases import coverage, gpu_time_us, phase_table
+from qtrace.analyzers.precision import infer_precision
 from qtrace.backends import BACKENDS, resolve
 from qtrace.errors import QtraceError
 from qtrace.fileio import INCOMPLETE_MARKER
@@ -82,15 +85,8 @@ def precision_of(trace: Trace) -> str | None:
         found = backend.detect_precision(names) if backend.detect_precision else None
         if found:
             return found
-    # No quantized op: name the dense precision by the dtype of the first GEMM's input.
-    gemms = trace.ops[trace.ops["name"].isin(["aten::linear", "aten::addmm", "aten::mm"])]
-    types = gemms["input_type"].dropna()
-    if len(types):
-        first = bytes(types.iloc[0])
-        for token, name in ((b"c10::Half", "fp16"), (b"c10::BFloat16", "bf16"), (b'"float"', "fp32")):
-            if token in first:
-                return name
-    return None
+    # No quantized op: what the GEMMs show, weighted by their GPU time (qtrace.analyzers.precision).
+    return infer_precision(trace)
 
 
 def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None = None,
@@ -142,6 +138,7 @@ class Target:
     path: Path
     traces: list[tuple[str | None, Path]]  # (precision or None, trace path)
     run: dict[str, Any] | None = None
+    ranks: list[int | None] = field(default_factory=list)  # per trace, for a folder of per-rank traces
 
     @property
     def incomplete(self) -> str | None:
@@ -191,15 +188,49 @@ def load_target(path: str | os.PathLike) -> Target:
                                       f"folder")
                 if tp.is_file():
                     traces.append((str(prec), tp))
+    ranks: list[int | None] = []
     if not traces:
         found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(TRACE_SUFFIXES)
-                       and f.name != RUN_FILE and "trace" in f.name)
-        traces = [(f.parent.name if f.parent != p else None, f) for f in found]
+                       and f.name != RUN_FILE and ("trace" in f.name or _looks_like_trace(f)))
+        ranks = [_rank_of(f) for f in found]
+        if sum(r is not None for r in ranks) >= 2:  # a folder of per-rank traces (rank-0.json.gz, ...)
+            traces = [(None, f) for f in found]
+        else:
+            ranks = []
+            traces = [(f.parent.name if f.parent != p else None, f) for f in found]
     if not traces and run is not None:
         raise QtraceError(f"{p}: the run holds measurements but no trace (recorded with --profile-steps 0?)")
     if not traces:
-        raise QtraceError(f"{p}: folder holds no trace (expected run.json from `qtrace profile`, or *trace*.json[.gz])")
-    return Target(path=p, traces=traces, run=run)
+        raise QtraceError(f"{p}: folder holds no trace (expected run.json from `qtrace profile`, or .json[.gz] "
+                          "files holding traceEvents)")
+    return Target(path=p, traces=traces, run=run, ranks=ranks)
+
+
+_RANK_NAME = re.compile(r"(?i)(?:^|[^a-z])rank[-_]?(\d+)")
+_SNIFF_BYTES = 1 << 16
+
+
+def _rank_of(f: Path) -> int | None:
+    """The rank a file name gives (rank-3.json.gz, trace_rank_3.json, rank3.pt.trace.json), else None."""
+    m = _RANK_NAME.search(f.name)
+    return int(m.group(1)) if m else None
+
+
+def _looks_like_trace(f: Path) -> bool:
+    """A JSON file of a folder is taken as a trace when its first bytes show a trace's layout.
+
+    The name need not say "trace" (HTA's rank-N.json.gz); run.json, reports and other JSON do not
+    open with a traceEvents key or a bare array of events.
+    """
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+        if head[:2] == b"\x1f\x8b":
+            head = zlib.decompressobj(wbits=31).decompress(head, _SNIFF_BYTES)
+    except (OSError, zlib.error):
+        return False
+    text = head.lstrip()
+    return b'"traceEvents"' in head or (text[:1] == b"[" and text[1:].lstrip()[:1] == b"{" and b'"ph"' in head)
 
 
 def analyze_target(target: Target, top: int = 15) -> list[TraceReport]:

@@ -29,7 +29,10 @@ class Rule:
     the tensor class of that module's weight when it is a tensor subclass (torchao's
     ``Int8Tensor``, ...; a 4th field of the annotation, ``""`` otherwise and in older traces); ``ops``,
     all enclosing host ops, innermost first; ``kernel``, the GPU event's name; ``kind``:
-    ``kernel``, ``gpu_memcpy``, ``gpu_memset`` or ``cpu_op``.
+    ``kernel``, ``gpu_memcpy``, ``gpu_memset`` or ``cpu_op``; ``quant_backend``, the backend the
+    whole trace shows (its ops appear in the trace, or an op-less trace's qtrace metadata names
+    one of its precisions; ``""`` otherwise): kernel-name rules of a backend require it, so a
+    kernel name alone never claims a quantization phase on a trace that shows no quantization.
     """
 
     phase: str
@@ -41,12 +44,13 @@ class Rule:
     ops: str | None = None
     kernel: str | None = None
     kind: str | None = None
+    quant_backend: str | None = None
 
     def fields(self) -> dict[str, str]:
         return {k: v for k, v in (("quant_op", self.quant_op), ("below_quant_op", self.below_quant_op),
                                    ("module", self.module), ("weight", self.weight), ("ops", self.ops),
-                                   ("kernel", self.kernel),
-                                   ("kind", self.kind)) if v}
+                                   ("kernel", self.kernel), ("kind", self.kind),
+                                   ("quant_backend", self.quant_backend)) if v}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import sys
 import click
 import msgspec
 
+from qtrace.analyzers.ranks import rank_summary
 from qtrace.analyzers.trace_analysis import analyze_target, load_target
 from qtrace.fileio import check_out_dir, prepare_out_dir
 from qtrace.reports import trace_report
@@ -32,6 +33,7 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     if target.incomplete:
         click.echo(f"qtrace: warning: {target.incomplete}", err=True)
     reports = analyze_target(target, top=top)
+    ranks = rank_summary(reports, target.ranks) if target.ranks else None
     out = prepare_out_dir(out_dir, force) if out_dir else None
     if out is not None:
         trace_report.write_outputs(reports, out, str(target.path), target.run)
@@ -44,11 +46,18 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
         html.write_report_html(reports, out)
         click.echo(f"wrote reports to {out}", err=True)
     if fmt == "json":
-        sys.stdout.write(msgspec.json.encode(trace_report.to_json_obj(reports, str(target.path), target.run)).decode())
+        obj = trace_report.to_json_obj(reports, str(target.path), target.run)
+        if ranks is not None:
+            obj["ranks"] = ranks
+        sys.stdout.write(msgspec.json.encode(obj).decode())
         sys.stdout.write("\n")
     elif fmt == "md":
         click.echo(trace_report.render_markdown(reports))
+        if ranks is not None:
+            click.echo(trace_report.render_ranks_markdown(ranks))
     elif fmt == "csv":
         click.echo(trace_report.render_csv(reports), nl=False)
     else:
         click.echo(trace_report.render_text(reports))
+        if ranks is not None:
+            click.echo(trace_report.render_ranks_text(ranks))

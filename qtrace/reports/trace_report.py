@@ -53,7 +53,10 @@ def headline(r: TraceReport) -> list[str]:
             f"{pct(r.coverage)}; window {ms(h['span_us'])} ms: GPU busy {ms(h['gpu_busy_us'])} ms, idle "
             f"{ms(h['gpu_idle_us'])} ms; {h['launches']} launches, {h['syncs']} syncs ({ms(h['sync_us'])} ms)")
     else:
-        lines.append(f"Host op time {ms(h['host_op_us'])} ms over a window of {ms(h['span_us'])} ms")
+        line = f"Host op time {ms(h['host_op_us'])} ms over a window of {ms(h['span_us'])} ms"
+        if h.get("comm_range_us"):
+            line += f"; communication ranges {ms(h['comm_range_us'])} ms (summed over their threads)"
+        lines.append(line)
     m = r.measured or {}
     lat = (m.get("latency_ms") or {}).get("per_iter") or {}
     if lat.get("median") is not None:
@@ -95,8 +98,8 @@ def _extra_headlines(r: TraceReport) -> list[str]:
 
 def _title(r: TraceReport) -> str:
     bits = [r.source]
-    if r.precision:
-        bits.append(f"precision {r.precision}")
+    # None: no quantized op, no metadata and no GEMM that shows its type (qtrace.analyzers.precision).
+    bits.append(f"precision {r.precision or 'unknown'}")
     if r.device:
         bits.append(r.device)
     return " · ".join(bits)
@@ -117,11 +120,14 @@ def _kernel_rows(r: TraceReport, width: int, escape: bool) -> list[list[str]]:
 
 
 def _step_rows(r: TraceReport) -> list[list[str]]:
-    return [[str(s.step), ms(s.span_us), ms(s.gpu_time_us), ms(s.gpu_busy_us), ms(s.gpu_idle_us), str(s.launches),
-             str(s.syncs), ms(s.sync_us)] for s in r.steps.itertuples()]
+    return [[str(s.step), ms(s.span_us), ms(s.gpu_span_us), ms(s.gpu_time_us), ms(s.gpu_busy_us), ms(s.gpu_idle_us),
+             str(s.launches), str(s.syncs), ms(s.sync_us)] for s in r.steps.itertuples()]
 
 
-STEP_HEADERS = ["step", "span ms", "GPU ms", "busy ms", "idle ms", "launches", "syncs", "sync ms"]
+# Host span: ProfilerStep start to the next one's; GPU span: the step's GPU work to the next step's
+# (both partition their timeline: host_analysis.step_table).
+STEP_HEADERS = ["step", "host span ms", "GPU span ms", "GPU ms", "busy ms", "idle ms", "launches", "syncs",
+                "sync ms"]
 KERNEL_HEADERS = ["kernel", "phase", "count", "GPU ms", "share"]
 
 
@@ -202,6 +208,24 @@ def write_outputs(reports: list[TraceReport], out: Path, source: str, run: dict[
     return written
 
 
+RANK_HEADERS = ["rank", "time ms", "measure", "GPU ms", "busy ms", "idle ms"]
+
+
+def _rank_rows(ranks: dict[str, Any]) -> list[list[str]]:
+    return [[str(r["rank"]), ms(r["time_us"]), r["measure"], ms(r["gpu_time_us"]), ms(r["gpu_busy_us"]),
+             ms(r["gpu_idle_us"])] for r in ranks["ranks"]]
+
+
+def render_ranks_text(ranks: dict[str, Any]) -> str:
+    """The cross-rank summary (qtrace.analyzers.ranks) after the per-rank sections."""
+    return "\n".join(["== across ranks", ranks["summary"], "", text_table(RANK_HEADERS, _rank_rows(ranks)), ""])
+
+
+def render_ranks_markdown(ranks: dict[str, Any]) -> str:
+    return "\n".join(["## Across ranks", "", f"- {md_escape(ranks['summary'])}", "",
+                      md_table(RANK_HEADERS, [[md_escape(c) for c in row] for row in _rank_rows(ranks)]), ""])
+
+
 def render_csv(reports: list[TraceReport]) -> str:
     """The phase tables of all reports as one CSV on stdout (a `source` column tells them apart)."""
     frames = []
@@ -213,4 +237,5 @@ def render_csv(reports: list[TraceReport]) -> str:
     return pd.concat(frames, ignore_index=True).to_csv(index=False)
 
 
-__all__ = ["render_text", "render_markdown", "render_csv", "to_json_obj", "write_outputs", "headline"]
+__all__ = ["render_text", "render_markdown", "render_ranks_text", "render_ranks_markdown",
+ "render_csv", "to_json_obj", "write_outputs", "headline"]

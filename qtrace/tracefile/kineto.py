@@ -48,26 +48,37 @@ HOST_RANGE_CATS = ("cpu_op", "user_annotation", "python_function")
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 MEMORY_EVENT = "[memory]"
+# Categories of older or other Kineto builds, read as the current ones: PyTorch 1.8/1.9 wrote
+# Operator/Runtime/Kernel/Memcpy/Memset; roctracer builds of some releases write hip_runtime.
+# (A legacy ``Operator`` named ProfilerStep#N is a step annotation: see build_trace.)
+LEGACY_CATS = {"Operator": "cpu_op", "Runtime": "cuda_runtime", "Driver": "cuda_driver", "Kernel": "kernel",
+               "Memcpy": "gpu_memcpy", "Memset": "gpu_memset", "User Annotation": "user_annotation",
+               "Python": "python_function", "hip_runtime": "cuda_runtime", "hip_driver": "cuda_driver"}
+# Device activity qtrace does not attribute, but names in a report (what the trace holds).
+OTHER_DEVICE_CATS = ("mtia_ccp_events", "mtia_runtime", "cuda_profiler_range", "gpu_user_annotation")
 
 _NO_RAW = msgspec.Raw(b"")
 # Integer fields are int64 columns. The smallest int64 marks "field absent" while decoding, so it
 # is refused as a value (any integer outside int64 is refused too: one clear error, not a crash).
 _NA = -(2**63)
 _Int = Annotated[int, msgspec.Meta(ge=_NA + 1, le=2**63 - 1)]
+# ROCm (roctracer) traces write some integers as text ("bytes": "1", "stream": "0x0"): accepted
+# here, turned into numbers (or "absent" when they are not numbers) when the columns are built.
+_IntArg = _Int | str | None
 
 
 class _Args(msgspec.Struct, gc=False):
-    external_id: _Int | None = msgspec.field(name="External id", default=_NA)
-    correlation: _Int | None = _NA
-    device: _Int | None = _NA
-    stream: _Int | None = _NA
-    bytes: _Int | None = _NA
-    mem_bytes: _Int | None = msgspec.field(name="Bytes", default=_NA)
-    addr: _Int | None = msgspec.field(name="Addr", default=_NA)
-    total_allocated: _Int | None = msgspec.field(name="Total Allocated", default=_NA)
-    total_reserved: _Int | None = msgspec.field(name="Total Reserved", default=_NA)
-    device_id: _Int | None = msgspec.field(name="Device Id", default=_NA)
-    device_type: _Int | None = msgspec.field(name="Device Type", default=_NA)
+    external_id: _IntArg = msgspec.field(name="External id", default=_NA)
+    correlation: _IntArg = _NA
+    device: _IntArg = _NA
+    stream: _IntArg = _NA
+    bytes: _IntArg = _NA
+    mem_bytes: _IntArg = msgspec.field(name="Bytes", default=_NA)
+    addr: _IntArg = msgspec.field(name="Addr", default=_NA)
+    total_allocated: _IntArg = msgspec.field(name="Total Allocated", default=_NA)
+    total_reserved: _IntArg = msgspec.field(name="Total Reserved", default=_NA)
+    device_id: _IntArg = msgspec.field(name="Device Id", default=_NA)
+    device_type: _IntArg = msgspec.field(name="Device Type", default=_NA)
     # Shapes stay raw JSON text until an analyzer asks for them (roofline, outlier counts).
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_NO_RAW)
     input_type: msgspec.Raw = msgspec.field(name="Input type", default=_NO_RAW)
@@ -102,6 +113,9 @@ class Trace:
     memory: pd.DataFrame
     metadata: dict[str, Any] = field(default_factory=dict)
     base_ts_us: float = 0.0
+    # Complete events of device categories qtrace reads but does not attribute (OTHER_DEVICE_CATS):
+    # category -> count, so that a report can say what an MTIA or CUPTI-range trace holds.
+    other_events: dict[str, int] = field(default_factory=dict)
 
     @property
     def qtrace_meta(self) -> dict[str, Any]:
@@ -414,8 +428,17 @@ def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int
             return build_trace(cols, source=str(p), metadata=metadata)
     raw = read_bytes(p)
     try:
-        decoded = msgspec.json.decode(raw, type=_TraceFile)
-        metadata = _split_metadata(raw)
+        if raw.lstrip()[:1] == b"[":
+            # The earliest Kineto format (PyTorch 1.8 previews): a bare JSON array of events.
+            try:
+                decoded = _TraceFile(traceEvents=_EVENTS_DECODER.decode(raw))
+            except msgspec.ValidationError:
+                raise TraceFormatError(f"{p}: not a torch.profiler trace (the JSON is not an object, nor an array "
+                                       "of trace events)") from None
+            metadata = {}
+        else:
+            decoded = msgspec.json.decode(raw, type=_TraceFile)
+            metadata = _split_metadata(raw)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         if "missing required field `traceEvents`" in msg:
@@ -440,6 +463,7 @@ def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int
 _KIND_GPU, _KIND_HOST, _KIND_RUNTIME, _KIND_MEMORY = 1, 2, 3, 4
 _X_KIND = {**{c: _KIND_GPU for c in GPU_CATS}, **{c: _KIND_HOST for c in HOST_RANGE_CATS},
            **{c: _KIND_RUNTIME for c in RUNTIME_CATS}}
+_X_KIND.update({old: _X_KIND[new] for old, new in LEGACY_CATS.items()})
 
 HOST_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "input_dims", "input_type")
 RUNTIME_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "correlation")
@@ -462,6 +486,7 @@ class _Columns:
             t: {c: [] for c in columns} for t, columns in _TABLE_COLUMNS.items()}
         self._strings: dict[Any, str] = {}
         self._raws: dict[bytes, bytes | None] = {b"": None}
+        self.other_cats: dict[str, int] = {}
 
     def _str(self, values: list) -> list[str]:
         table = self._strings
@@ -487,6 +512,13 @@ class _Columns:
         kinds = np.array([kind_of(e.cat, 0) if e.ph == "X" else
                           (_KIND_MEMORY if e.ph == "i" and e.name == MEMORY_EVENT else 0) for e in events],
                          dtype=np.int8)
+        # Complete events of categories qtrace does not read (MTIA activity, CUPTI counter ranges...):
+        # counted, so that a report can say what the trace holds instead of "nothing".
+        other = self.other_cats
+        for i in np.flatnonzero(kinds == 0).tolist():
+            e = events[i]
+            if e.ph == "X" and e.cat in _COUNTED_CATS:
+                other[e.cat] = other.get(e.cat, 0) + 1
         for table, kind in _TABLE_KINDS:
             idx = np.flatnonzero(kinds == kind)
             if not len(idx):
@@ -523,18 +555,37 @@ class _Columns:
             else:
                 if None in vals:  # an explicit null: absent too
                     vals = [_NA if v is None else v for v in vals]
-                out[c].append(np.array(vals, dtype=np.int64))
+                try:
+                    arr = np.array(vals, dtype=np.int64)
+                except (ValueError, TypeError, OverflowError):  # text such as "0x0" (ROCm)
+                    arr = np.array([_int_of(v) for v in vals], dtype=np.int64)
+                out[c].append(arr)
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """Raw DataFrames (absolute ts, no `end` yet)."""
         return {t: _raw_frame(_TABLE_COLUMNS[t], self.pieces[t]) for t in _TABLE_COLUMNS}
 
 
+_COUNTED_CATS = frozenset(OTHER_DEVICE_CATS)
 _TABLE_COLUMNS = {"host": HOST_COLUMNS, "runtime": RUNTIME_COLUMNS, "gpu": GPU_COLUMNS, "memory": MEMORY_COLUMNS}
 _TABLE_KINDS = (("gpu", _KIND_GPU), ("host", _KIND_HOST), ("runtime", _KIND_RUNTIME), ("memory", _KIND_MEMORY))
 _get_ts = operator.attrgetter("ts")
 _ARG_GETTERS = {t: [(c, operator.attrgetter((_MEM_ARG_FIELD if t == "memory" else _ARG_FIELD)[c]))
                     for c in cols if c in _ARG_FIELD] for t, cols in _TABLE_COLUMNS.items()}
+
+
+def _int_of(v: int | str) -> int:
+    """An integer argument written as text ("1", "0x0") as a number; _NA (absent) when it is none."""
+    if isinstance(v, int):
+        return v
+    try:
+        n = int(v.strip(), 0)
+    except ValueError:
+        try:
+            n = int(float(v))
+        except (ValueError, OverflowError):
+            return _NA
+    return n if _NA < n < 2**63 else _NA
 
 
 def _flat(parts: list[list]) -> list:
@@ -572,9 +623,14 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFram
 
 def build_trace(cols: _Columns, source: str, metadata: dict[str, Any]) -> Trace:
     frames = cols.frames()
+    other = dict(cols.other_cats)
     del cols
-    if not len(frames["host"]) and not len(frames["gpu"]):
-        raise TraceFormatError(f"{source}: trace holds no profiler events (no cpu_op, kernel or runtime events)")
+    if not len(frames["host"]) and not len(frames["gpu"]) and not len(frames["runtime"]):
+        found = f" (it holds only {', '.join(f'{n} {c}' for c, n in sorted(other.items()))} events)" if other else ""
+        raise TraceFormatError(f"{source}: trace holds no profiler events: no host op, runtime call, kernel or GPU "
+                               f"copy{found}")
+    for name in ("host", "runtime", "gpu"):
+        _legacy_categories(frames[name])
     starts = [float(df["ts"].min()) for df in frames.values() if len(df)]
     base = float(min(starts)) if starts else 0.0
     ops, runtime, gpu, memory = (_finish(frames[k], base) for k in ("host", "runtime", "gpu", "memory"))
@@ -583,7 +639,26 @@ def build_trace(cols: _Columns, source: str, metadata: dict[str, Any]) -> Trace:
     for df in (ops, runtime, gpu, memory):
         df.attrs["source"] = source
     return Trace(source=source, ops=ops, runtime=runtime, gpu=gpu, memory=memory, metadata=metadata,
-                 base_ts_us=base)
+                 base_ts_us=base, other_events=other)
+
+
+_STEP_NAME = re.compile(r"^ProfilerStep#\d+$")
+
+
+def _legacy_categories(df: pd.DataFrame) -> None:
+    """Old category names as the current ones, in place (a handful of distinct values: cheap).
+
+    PyTorch 1.8/1.9 wrote every host range as ``Operator``, the ProfilerStep#N ranges included;
+    those are step annotations, as ``user_annotation`` is today.
+    """
+    if not len(df) or not df["cat"].isin(list(LEGACY_CATS)).any():
+        return
+    legacy_op = (df["cat"] == "Operator").to_numpy()
+    cat = df["cat"].replace(LEGACY_CATS)
+    if legacy_op.any():
+        step = legacy_op & df["name"].str.match(_STEP_NAME).to_numpy(dtype=bool)
+        cat[step] = "user_annotation"
+    df["cat"] = pd.array(cat.to_numpy(dtype=object), dtype=str)
 
 
 def _finish(df: pd.DataFrame, base: float) -> pd.DataFrame:

@@ -54,13 +54,20 @@ OP_RULES: list[Rule] = [
     Rule("nf4.dequant", "scale offset add and buffers of the 4-bit path", quant_op=_NF4_OPS),
 ]
 
-# By kernel name alone, for traces without op ancestry (e.g. a GPU-only trace).
+# By kernel name alone, for traces without op ancestry (e.g. a GPU-only trace), and only on a trace
+# that shows bitsandbytes (quant_backend): generic names such as MIOpen's bf16 `igemm_*` convolutions
+# or cuBLAS `imma` kernels must not turn a float trace into "quantization phases".
+_BNB = r"^bitsandbytes$"
 KERNEL_RULES: list[Rule] = [
-    Rule("int8.act_quant", "bitsandbytes quantization kernels", kernel=r"kInt8VectorQuant|kInt8RowStats|kDoubleRowCol"),
-    Rule("int8.dequant", "bitsandbytes int32 dequant kernel", kernel=r"kdequant_mm"),
-    Rule("int8.gemm", "int8 tensor-core GEMM kernels", kernel=r"gemm_s8|_s8_|i8816|i16832|imma|igemm|int8gemm"),
-    Rule("nf4.fused_gemm", "bitsandbytes 4-bit GEMM kernels", kernel=r"gemm_4bit|gemv_4bit|kgemm_4bit"),
-    Rule("nf4.dequant", "bitsandbytes blockwise dequant kernels", kernel=r"kDequantizeBlockwise|kDequantize"),
+    Rule("int8.act_quant", "bitsandbytes quantization kernels", kernel=r"kInt8VectorQuant|kInt8RowStats|kDoubleRowCol",
+         quant_backend=_BNB),
+    Rule("int8.dequant", "bitsandbytes int32 dequant kernel", kernel=r"kdequant_mm", quant_backend=_BNB),
+    Rule("int8.gemm", "int8 tensor-core GEMM kernels", kernel=r"gemm_s8|_s8_|i8816|i16832|imma|igemm|int8gemm",
+         quant_backend=_BNB),
+    Rule("nf4.fused_gemm", "bitsandbytes 4-bit GEMM kernels", kernel=r"gemm_4bit|gemv_4bit|kgemm_4bit",
+         quant_backend=_BNB),
+    Rule("nf4.dequant", "bitsandbytes blockwise dequant kernels", kernel=r"kDequantizeBlockwise|kDequantize",
+         quant_backend=_BNB),
 ]
 
 # What each op allocates, read from bitsandbytes 0.50.x (docs/memory.md). First match wins.
