@@ -1,0 +1,54 @@
+"""torchao on an H200 (traces/torchao/): phases held against raw-JSON sums of the same traces."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from qtrace.analyzers.phases import coverage, phase_table
+from qtrace.tracefile import load_trace
+
+RUN = Path(__file__).resolve().parents[1] / "traces" / "torchao" / "qwen_cls_bs32"
+TORCHAO = ["torchao-int8wo", "torchao-int4", "torchao-fp8"]
+
+
+def _kernels(precision: str) -> list[dict]:
+    with gzip.open(RUN / precision / "trace.json.gz", "rt") as f:
+        return [e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"]
+
+
+@pytest.mark.parametrize("precision", TORCHAO)
+def test_torchao_trace_is_attributed(precision: str):
+    trace = load_trace(RUN / precision / "trace.json.gz")
+    phases = phase_table(trace).set_index("phase")
+    assert coverage(trace) >= 0.99
+    quant = phases[phases.index.str.startswith("torchao.")]["gpu_time_us"].sum()
+    assert quant > 0.5 * phases["gpu_time_us"].sum()  # the quantized linears dominate a bs32 forward
+    # No torchao matmul is reported as a plain fp16 GEMM: dense.gemm is at most the fp16 head's.
+    fp16 = phase_table(load_trace(RUN / "fp16" / "trace.json.gz")).set_index("phase")
+    assert phases.loc["dense.gemm", "gpu_time_us"] < 0.2 * fp16.loc["dense.gemm", "gpu_time_us"]
+
+
+def test_int4_gemm_is_every_tinygemm_kernel():
+    phases = phase_table(load_trace(RUN / "torchao-int4" / "trace.json.gz")).set_index("phase")
+    tiny = sum(e["dur"] for e in _kernels("torchao-int4") if "tinygemm" in e["name"])
+    assert tiny > 0
+    assert phases.loc["torchao.int4_gemm", "gpu_time_us"] == pytest.approx(tiny, rel=1e-9)
+
+
+def test_fp8_gemm_holds_the_scaled_mm_kernels():
+    phases = phase_table(load_trace(RUN / "torchao-fp8" / "trace.json.gz")).set_index("phase")
+    assert phases.loc["torchao.fp8_gemm", "gpu_time_us"] > 0
+    assert "fp8.gemm" not in phases.index or phases.loc["fp8.gemm", "gpu_time_us"] == 0
+
+
+def test_run_json_has_quality_for_every_precision():
+    run = json.loads((RUN / "run.json").read_text())
+    for name, entry in run["precisions"].items():
+        if name == "fp16":
+            continue
+        q = entry["quality"]
+        assert 0.0 <= q["top1_agreement"] <= 1.0 and q["kl_mean"] >= 0.0
