@@ -34,8 +34,8 @@ def op_contexts(trace: Trace) -> pd.DataFrame:
     parent = ops["parent"].to_numpy() if n else np.zeros(0, dtype=np.int64)
     order = np.argsort(ops["depth"].to_numpy(), kind="stable") if n else np.zeros(0, dtype=np.int64)
 
-    # context tuple: (bnb, below_bnb, module, ops_chain_tuple, step, step_name)
-    empty = ("", "", "", (), -1, "")
+    # context tuple: (bnb, below_bnb, module, weight, ops_chain_tuple, step, step_name)
+    empty = ("", "", "", "", (), -1, "")
     contexts: list[tuple] = [empty]
     ctx_index: dict[tuple, int] = {}
     ctx_of = np.zeros(n, dtype=np.int64)
@@ -45,17 +45,18 @@ def op_contexts(trace: Trace) -> pd.DataFrame:
         key = (base_id, names[r], cats[r])
         cid = ctx_index.get(key)
         if cid is None:
-            bnb, below, module, chain, step, step_name = contexts[base_id]
+            bnb, below, module, weight, chain, step, step_name = contexts[base_id]
             name, cat = names[r], cats[r]
             if cat == "cpu_op":
-                if name.startswith("bitsandbytes::"):
+                if name.startswith(("bitsandbytes::", "torchao::")):
                     bnb, below = name, ""
                 elif bnb:
                     below = f"{below}/{name}" if below else name
                 chain = ((name,) + chain)[:_OPS_CHAIN_DEPTH]
             elif cat == "user_annotation":
                 if name.startswith(MODULE_ANNOTATION_PREFIX):
-                    module = name[len(MODULE_ANNOTATION_PREFIX):].split(":", 1)[0]
+                    fields = name[len(MODULE_ANNOTATION_PREFIX):].split(":")
+                    module, weight = fields[0], (fields[2] if len(fields) > 2 else "")
                 else:
                     m = _STEP_RE.match(name)
                     if m:
@@ -63,10 +64,11 @@ def op_contexts(trace: Trace) -> pd.DataFrame:
                     elif name.startswith("qtrace.step:"):
                         step_name = name[len("qtrace.step:"):]
             cid = len(contexts)
-            contexts.append((bnb, below, module, chain, step, step_name))
+            contexts.append((bnb, below, module, weight, chain, step, step_name))
             ctx_index[key] = cid
         ctx_of[r] = cid
-    table = pd.DataFrame(contexts, columns=["quant_op", "below_quant_op", "module", "chain", "step", "step_name"])
+    table = pd.DataFrame(contexts, columns=["quant_op", "below_quant_op", "module", "weight", "chain", "step",
+                                            "step_name"])
     table["ops"] = ["/".join(c) for c in table["chain"]]
     table = table.drop(columns="chain")
     out = table.iloc[ctx_of].reset_index(drop=True)
@@ -157,13 +159,13 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
 def _contexts_for(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     """Op contexts for each row of `op_rows` (-1 = no enclosing op: an empty context)."""
     ctx = op_contexts(trace)
-    cols = ["quant_op", "below_quant_op", "module", "ops", "step", "step_name"]
+    cols = ["quant_op", "below_quant_op", "module", "weight", "ops", "step", "step_name"]
     if len(ctx) == 0:
         return pd.DataFrame({c: ([-1] if c == "step" else [""]) * len(op_rows) for c in cols})
     picked = ctx.iloc[np.clip(op_rows, 0, None)][cols].reset_index(drop=True)
     missing = op_rows < 0
     if missing.any():
-        picked.loc[missing, ["quant_op", "below_quant_op", "module", "ops", "step_name"]] = ""
+        picked.loc[missing, ["quant_op", "below_quant_op", "module", "weight", "ops", "step_name"]] = ""
         picked.loc[missing, "step"] = -1
     return picked
 

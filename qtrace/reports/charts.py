@@ -32,6 +32,17 @@ _PALETTE = {
     "int8.outlier_gemm": "#bcbd22",
     "nf4.dequant": "#9467bd",
     "nf4.fused_gemm": "#c5b0d5",
+    # torchao: earth tones and dark blues, apart from the bitsandbytes and model colours
+    "torchao.act_quant": "#e6550d",
+    "torchao.act_prep": "#fdae6b",
+    "torchao.weight_dequant": "#756bb1",
+    "torchao.int8_gemm": "#843c39",
+    "torchao.int4_gemm": "#7b4173",
+    "torchao.fp8_gemm": "#8c6d31",
+    "torchao.wo_gemm": "#3182bd",
+    "torchao.scale_apply": "#de9ed6",
+    "torchao.pack": "#5254a3",
+    "torchao.glue": "#b5cf6b",
     "fp8.gemm": "#393b79",
     "fp4.gemm": "#6b6ecf",
     "dense.gemm": "#1f77b4",
@@ -45,7 +56,7 @@ _PALETTE = {
     "memcpy": "#7f7f7f",
     "other": "#c7c7c7",
 }
-_FALLBACK = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+_FALLBACK = ["#393b79", "#31a354", "#9c9ede", "#cedb9c", "#e7cb94", "#ad494a", "#a55194", "#6baed6"]
 PHASE_COLORS: dict[str, str] = {p: _PALETTE.get(p, _FALLBACK[i % len(_FALLBACK)]) for i, p in enumerate(PHASE_ORDER)}
 TOTAL_COLOR = "#4d4d4d"
 NEUTRAL_COLOR = "#9e9e9e"
