@@ -36,7 +36,7 @@ _PALETTE = {
     "torchao.act_quant": "#e6550d",
     "torchao.act_prep": "#fdae6b",
     "torchao.weight_dequant": "#756bb1",
-    "torchao.int8_gemm": "#843c39",
+    "torchao.int8_gemm": "#ad494a",
     "torchao.int4_gemm": "#7b4173",
     "torchao.fp8_gemm": "#8c6d31",
     "torchao.wo_gemm": "#3182bd",
