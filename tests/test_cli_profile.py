@@ -70,8 +70,13 @@ def test_presets_lists_every_preset(capsys: pytest.CaptureFixture[str], tmp_path
     monkeypatch.setenv("QTRACE_CACHE", str(tmp_path))
     code, out, err = run_cli(capsys, *["presets"])
     assert code == 0, err
-    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line and not line.startswith("cache:")}
+    table, _, precisions = out.partition("cache:")
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line}
     assert set(rows) == set(PRESETS)
+    # Then every precision, with whether it runs here and why not (GPU needed, package missing).
+    support = {line.split()[0]: line for line in precisions.splitlines()[2:] if line.startswith("  ")}
+    assert {"fp32", "int8", "nf4", "torchao-int8wo", "torchao-fp8"} <= set(support)
+    assert "runs here" in support["fp32"]
     assert "494.0M" in rows["qwen2.5-0.5b"] and "149.7M" in rows["modernbert-base"]
     assert "generate" not in rows["modernbert-base"].split()[3]
     assert not (tmp_path / "presets").exists(), "listing presets builds nothing"
