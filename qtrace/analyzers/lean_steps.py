@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from qtrace.analyzers.host import launch_thread
 from qtrace.tracefile.kineto import Trace
 
 STEP_SYNCS = ("cudaDeviceSynchronize", "cuCtxSynchronize")
@@ -34,15 +35,6 @@ class Steps:
     launch_thread: tuple[str, str] | None
     notes: list[str] = field(default_factory=list)
     passes_per_step: int = 1  # > 1 when the whole window stands for that many passes (steps not found)
-
-
-def launch_thread(trace: Trace) -> tuple[str, str] | None:
-    """(pid, tid) of the thread that made the most runtime calls: the one feeding the GPU."""
-    rt = trace.runtime
-    if not len(rt):
-        return None
-    pid, tid = rt.groupby(["pid", "tid"]).size().idxmax()
-    return str(pid), str(tid)
 
 
 def _gpu_steps(trace: Trace, rt_step: np.ndarray, cuts: np.ndarray) -> np.ndarray:
