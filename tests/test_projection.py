@@ -11,7 +11,7 @@ from _cli import run_cli
 from _synthetic_trace import stepped_trace, write_trace
 
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.analyzers.host import host_summary, step_table
+from qtrace.analyzers.host import covered_in, host_summary, merge_intervals, step_table
 from qtrace.analyzers.projection import KERNEL_FLOOR_US, LATENCY_EFFICIENCY, project_kernels
 from qtrace.analyzers.projection_run import project_target, project_trace
 from qtrace.analyzers.projection_timeline import calibrate_host_speed, rebuild
@@ -102,10 +102,22 @@ def test_identity_on_the_measured_gpu(path: Path) -> None:
     assert tl.span_us == pytest.approx(host["span_us"], rel=1e-9, abs=1e-3)
     assert tl.gpu_busy_us == pytest.approx(host["gpu_busy_us"], rel=1e-9)
     np.testing.assert_allclose(tl.start_us, trace.gpu["ts"].to_numpy(dtype=float), atol=1e-6)
+    # The projection's step: from its ProfilerStep start to the later of the step's end and the end
+    # of the GPU work it launched (what a caller waits for), computed here from the trace itself.
     steps = step_table(trace)
     if len(steps):
-        np.testing.assert_allclose(tl.steps["span_us"], steps["span_us"], rtol=1e-9)
-        np.testing.assert_allclose(tl.steps["gpu_idle_us"], steps["gpu_idle_us"], rtol=1e-9, atol=1e-6)
+        ops = trace.ops
+        marks = ops[(ops["cat"] == "user_annotation") & ops["name"].str.match(r"^ProfilerStep#\d+$")]
+        gpu = gpu_phases(trace)
+        spans, idles = [], []
+        for name, ts, end in zip(marks["name"], marks["ts"], marks["end"], strict=True):
+            g = gpu[gpu["step"] == int(name.split("#")[1])]
+            hi = max(float(end), float(g["end"].max())) if len(g) else float(end)
+            bs, be = merge_intervals(g["ts"].to_numpy(dtype=float), g["end"].to_numpy(dtype=float))
+            spans.append(hi - float(ts))
+            idles.append(max(hi - float(ts) - covered_in(bs, be, float(ts), hi), 0.0))
+        np.testing.assert_allclose(tl.steps["span_us"], spans, rtol=1e-9)
+        np.testing.assert_allclose(tl.steps["gpu_idle_us"], idles, rtol=1e-9, atol=1e-6)
 
 
 def test_identity_of_a_run_folder_reproduces_latencies_and_ratios() -> None:
