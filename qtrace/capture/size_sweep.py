@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,7 +138,7 @@ def run_size_sweep(models: list[str], precisions: list[str] | None, batch_sizes:
     from qtrace import fileio
     from qtrace.capture import models as qmodels
     from qtrace.capture.runner import one_line
-    from qtrace.capture.sweep import SweepResult, _stderr
+    from qtrace.capture.sweep import SweepResult, _stderr, start_sweep_folder
 
     bs_list = parse_int_list(batch_sizes, "batch-size")
     seq_list = parse_int_list(seq_lens, "seq-len")
@@ -156,10 +155,8 @@ def run_size_sweep(models: list[str], precisions: list[str] | None, batch_sizes:
     say = progress if progress is not None else (None if quiet else _stderr)
     out_path = Path(out) if out is not None else Path("qtrace-runs") / (
         f"sweep-{Path(models[0]).name}-x{len(models)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    out_path = fileio.prepare_out_dir(out_path, force)
-    if force:
-        shutil.rmtree(out_path / "points", ignore_errors=True)
-    fileio.mark_incomplete(out_path, "qtrace sweep started; if this file remains, the sweep was interrupted")
+    out_path = start_sweep_folder(out_path, force,
+                                  "qtrace sweep started; if this file remains, the sweep was interrupted")
     settings: dict[str, Any] = {"model": ",".join(models), "models": models, "task": task, "precisions": precisions,
                                 "batch_sizes": bs_list, "seq_lens": seq_list, "decode": list(decodes),
                                 "baseline": baseline, "profile_steps": profile_steps,

@@ -376,11 +376,8 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
     say = progress if progress is not None else (None if quiet else _stderr)
     out_path = Path(out) if out is not None else Path("qtrace-runs") / (
         f"sweep-{Path(model or 'tiny-llama').name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    out_path = fileio.prepare_out_dir(out_path, force)
-    if force:
-        shutil.rmtree(out_path / "points", ignore_errors=True)
-    fileio.mark_incomplete(out_path, "qtrace sweep started; if this file remains, the sweep was interrupted and "
-                                     "sweep.csv holds only the finished points")
+    out_path = start_sweep_folder(out_path, force, "qtrace sweep started; if this file remains, the sweep was "
+                                                   "interrupted and sweep.csv holds only the finished points")
     rows: list[dict[str, Any]] = []
     settings: dict[str, Any] = {"model": model or "tiny-llama", "task": task, "precisions": chosen,
                                 "batch_sizes": bs_list, "seq_lens": seq_list, "baseline": baseline,
@@ -418,6 +415,17 @@ def run_sweep(model: str | None, precisions: str | list[str] | None, batch_sizes
             say(c["message"])
         say(f"wrote {', '.join(str(f) for f in files)}")
     return SweepResult(out_path, df, found, settings, notes, files)
+
+
+def start_sweep_folder(out_path: Path, force: bool, incomplete_note: str) -> Path:
+    """Make (or, with force, clear the points of) a sweep's folder and mark it incomplete until it ends."""
+    from qtrace import fileio
+
+    out_path = fileio.prepare_out_dir(out_path, force)
+    if force:
+        shutil.rmtree(out_path / "points", ignore_errors=True)
+    fileio.mark_incomplete(out_path, incomplete_note)
+    return out_path
 
 
 def _stderr(msg: str) -> None:
