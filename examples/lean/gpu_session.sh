@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Issue 14's proof on an H200: does a lean trace (CUDA activity only) explain the measured slowdown?
-# One device call of at most ~8 minutes (profiles start until DEADLINE=330 s, all ends by END=465 s).
+# One device call of at most ~9.5 minutes (profiles start until DEADLINE, all ends by END).
 # From the repository root on the GPU host:
 #   OUT=/some/dir bash examples/lean/gpu_session.sh
 # (the device runner sets OUT; carry .whl: the bitsandbytes + msgspec wheels, installed below.)
-# Matrix: modernbert-base and qwen2.5-0.5b, --task classify, batch 1 and 32, fp16,int8,nf4, with and
-# without --outlier-dims 6; every `qtrace profile` records a full and a lean trace per precision.
-# Then int8 with --int8-threshold 0 (no outlier path: the causal check on one case) and the
-# interleaved A/A check of benchmarks/latency_agreement.py. Each step has its own time limit and no
-# step starts after DEADLINE seconds; results are packed as they finish (at most 8 files come back).
+# 1. benchmarks/lean_overhead.py twice (TEARDOWN_CUPTI=0, then 1): the lean pass's own cost, bracketed
+#    by un-profiled blocks in one process, and whether an earlier profiler session taxes later passes.
+# 2. The interleaved A/A check of benchmarks/latency_agreement.py (qwen bs1, fp16 and int8).
+# 3. Matrix: modernbert-base and qwen2.5-0.5b, --task classify, batch 1 and 32, fp16,int8,nf4, with and
+#    without --outlier-dims 6; every `qtrace profile` records timed -> lean -> timed-after -> full per
+#    precision (CUPTI torn down after each profiler session). Then int8 with --int8-threshold 0 (no
+#    outlier path: the causal check). Each step has its own time limit and no step starts after
+#    DEADLINE seconds; results are packed as they finish (at most 8 files come back).
 set -u
 OUT=${OUT:-/tmp/qtrace-lean}
 RUNS=/tmp/qtrace-lean-runs
-DEADLINE=${DEADLINE:-330}  # no profile starts after this; the A/A check and the summary fit in END
-END=${END:-465}
+DEADLINE=${DEADLINE:-500}  # no profile starts after this; the summary fits in END
+END=${END:-560}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 QTRACE_CACHE=/tmp/qtrace-cache TOKENIZERS_PARALLELISM=false
 PY=/opt/torch/.venv/bin/python3
@@ -46,29 +49,33 @@ pack() {  # pack <archive> <run names...>: full traces over 3 MB dropped (lean t
      | tee -a "$LOG"; tar czf "$OUT/$t.tgz" "$@" 2>/dev/null)
 }
 
+echo "=== lean_overhead, TEARDOWN_CUPTI=0 then 1 ($(left) s left)" | tee -a "$LOG"
+for td in 0 1; do
+  TEARDOWN_CUPTI=$td timeout 110 "$PY" benchmarks/lean_overhead.py qwen2.5-0.5b --precision fp16,int8,nf4 \
+    --batch-size 1 --rounds 3 --block-iters 5 --steps 2 2>>"$LOG" | tee -a "$OUT/overhead.jsonl"
+done
+echo "=== lean_overhead, outlier path on and off (causal check, measured side) ($(left) s left)" | tee -a "$LOG"
+timeout 90 "$PY" benchmarks/lean_overhead.py qwen2.5-0.5b --precision fp16,int8,int8@0 --outlier-dims 6 \
+  --batch-size 1 --rounds 3 --block-iters 4 --steps 2 2>>"$LOG" | tee -a "$OUT/causal.jsonl"
+echo "=== latency_agreement A/A control and qtrace/plain, qwen bs1 ($(left) s left)" | tee -a "$LOG"
+timeout 90 "$PY" benchmarks/latency_agreement.py qwen2.5-0.5b --precision fp16,int8 --batch-size 1 \
+  --blocks 6 --block-iters 4 --warmup 3 --control 2>>"$LOG" | tee -a "$OUT/agreement.jsonl"
 C="--task classify --seq-len 128 --iters 10 --warmup 2 --profile-steps 2 --precision fp16,int8,nf4"
 # bs1 first: the host-bound cases the lean trace exists for; their full+lean pairs are kept whole.
-profile qwen_bs1 100 qwen2.5-0.5b $C --batch-size 1  # builds the preset first (random weights)
-profile mb_bs1 70 modernbert-base $C --batch-size 1
+profile qwen_bs1 60 qwen2.5-0.5b $C --batch-size 1
+profile mb_bs1 60 modernbert-base $C --batch-size 1
 (cd "$RUNS" && tar czf "$OUT/pairs_bs1.tgz" qwen_bs1 mb_bs1 2>/dev/null)
-profile qwen_bs1_out6 70 qwen2.5-0.5b $C --batch-size 1 --outlier-dims 6
+profile qwen_bs1_out6 60 qwen2.5-0.5b $C --batch-size 1 --outlier-dims 6
 profile mb_bs1_out6 50 modernbert-base $C --batch-size 1 --outlier-dims 6
 profile qwen_bs1_out6_thr0 40 qwen2.5-0.5b --task classify --seq-len 128 --iters 10 --warmup 2 --profile-steps 2 \
   --precision fp16,int8 --batch-size 1 --outlier-dims 6 --int8-threshold 0
 pack bs1_more qwen_bs1_out6 mb_bs1_out6 qwen_bs1_out6_thr0
-profile qwen_bs32 70 qwen2.5-0.5b $C --batch-size 32
+profile qwen_bs32 60 qwen2.5-0.5b $C --batch-size 32
 profile mb_bs32 50 modernbert-base $C --batch-size 32
-profile qwen_bs32_out6 70 qwen2.5-0.5b $C --batch-size 32 --outlier-dims 6
+profile qwen_bs32_out6 60 qwen2.5-0.5b $C --batch-size 32 --outlier-dims 6
 profile mb_bs32_out6 50 modernbert-base $C --batch-size 32 --outlier-dims 6
 pack bs32 qwen_bs32 mb_bs32 qwen_bs32_out6 mb_bs32_out6
 until_end() { echo $(( END - ($(date +%s) - START) )); }
-if [ "$(until_end)" -ge 150 ]; then
-  echo "=== latency_agreement A/A control, qwen bs1 ($(until_end) s to the end)" | tee -a "$LOG"
-  timeout 70 "$PY" benchmarks/latency_agreement.py qwen2.5-0.5b --precision fp16,int8 --batch-size 1 \
-    --blocks 6 --block-iters 4 --warmup 3 --control 2>>"$LOG" | tee -a "$OUT/agreement.jsonl"
-else
-  echo "=== SKIP latency_agreement (deadline)" | tee -a "$LOG"
-fi
 echo "=== summary ($(until_end) s to the end)" | tee -a "$LOG"
 timeout $(( $(until_end) > 20 ? $(until_end) : 20 )) "$PY" examples/lean/summary.py "$RUNS" --json "$OUT/summary.json" 2>>"$LOG" | tee "$OUT/summary.txt"
 echo "=== done ($(until_end) s to the end)" | tee -a "$LOG"

@@ -43,6 +43,7 @@ def rows(case: str, out: dict[str, Any]) -> list[dict[str, Any]]:
             "explanation": r.get("explanation"), "explained_share": r.get("explained_share"),
             "lean_inflation_base": base.get("lean_inflation"), "lean_inflation_run": r.get("lean_inflation"),
             "full_inflation_run": r["latency"].get("profiler_inflation"),
+            "drift_base": base["latency"].get("timing_drift"), "drift_run": r["latency"].get("timing_drift"),
             "coverage_base": ((base.get("lean") or {}).get("alignment") or {}).get("coverage"),
             "coverage_run": ((r.get("lean") or {}).get("alignment") or {}).get("coverage"),
             "residual_ms": residual / 1000.0 if residual is not None else None,
@@ -68,13 +69,14 @@ def main() -> None:
             if out is not None:
                 table += rows(d.name, out)
     head = ("case", "run", "base ms", "run ms", "explained", "lean infl base", "lean infl run", "full infl run",
-            "coverage", "residual ms", "explanation")
+            "drift base", "drift run", "coverage", "residual ms", "explanation")
     lines = [head]
     for r in table:
         cov = min((c for c in (r["coverage_base"], r["coverage_run"]) if c is not None), default=None)
         lines.append((r["case"], f"{r['run']}/{r['baseline']}", fmt(r["base_ms"], ".2f"), fmt(r["run_ms"], ".2f"),
                       fmt(r["explained_share"], ".0%"), fmt(r["lean_inflation_base"], ".2f"),
-                      fmt(r["lean_inflation_run"], ".2f"), fmt(r["full_inflation_run"], ".2f"), fmt(cov, ".1%"),
+                      fmt(r["lean_inflation_run"], ".2f"), fmt(r["full_inflation_run"], ".2f"),
+                      fmt(r["drift_base"], ".2f"), fmt(r["drift_run"], ".2f"), fmt(cov, ".1%"),
                       fmt(r["residual_ms"], "+.2f"), r["explanation"] or "-"))
     widths = [max(len(str(x[i])) for x in lines) for i in range(len(head))]
     for x in lines:

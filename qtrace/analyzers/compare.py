@@ -98,6 +98,19 @@ class RunFigures:
         return span / self.measured_ms if span and self.measured_ms else None
 
     @property
+    def after_lean_ms(self) -> float | None:
+        """Median of the un-profiled burst timed right after the lean pass (run.json latency_ms.after_lean)."""
+        lat = ((self.report.measured or {}).get("latency_ms") or {}).get("after_lean") or {}
+        med = lat.get("median")
+        return float(med) if isinstance(med, int | float) and math.isfinite(med) and med > 0 else None
+
+    @property
+    def timing_drift(self) -> float | None:
+        """after_lean_ms / measured_ms: how far the host's speed moved across the lean pass (1.0: not at all)."""
+        after = self.after_lean_ms
+        return after / self.measured_ms if after and self.measured_ms else None
+
+    @property
     def lean_trace(self) -> str | None:
         return self.lean.source if self.lean is not None else None
 
@@ -398,8 +411,11 @@ def explain_measured(base: RunFigures, run: RunFigures, trace_steps: list[dict[s
         cov = [f"{f.label} {f.lean.alignment.coverage:.0%}" for f in (base, run)
                if f.lean.alignment.coverage is not None]
         infl = [f"{f.label} x{f.lean_inflation:.2f}" for f in (base, run) if f.lean_inflation]
+        drift = [f"{f.label} x{f.timing_drift:.2f}" for f in (base, run) if f.timing_drift]
         note = ("GPU and host bars per phase from the lean traces (CUDA activity only; lean traced / un-profiled: "
-                + ", ".join(infl) + "; phases carried over from the full traces, alignment coverage "
+                + ", ".join(infl)
+                + ("; timed again after the lean pass / before: " + ", ".join(drift) if drift else "")
+                + "; phases carried over from the full traces, alignment coverage "
                 + (", ".join(cov) or "n/a") + "); they explain "
                 + (f"{share:.0%} of the measured delta" if share is not None else "a zero measured delta")
                 + f", {residual / 1000:+.2f} ms is left unexplained" + residual_reading(base, run, residual))
@@ -683,7 +699,10 @@ def _run_dict(c: Comparison, fig: RunFigures) -> dict[str, Any]:
         "gpu_time_us_window": float(fig.report.gpu_time_us),
         "latency": {"measured_ms": fig.measured_ms, "measured_spread_ms": fig.measured_spread_ms,
                     "trace_ms": fig.trace_ms, "trace_source": fig.trace_ms_source,
-                    "profiler_inflation": fig.inflation},
+                    "profiler_inflation": fig.inflation,
+                    # only run folders that timed a burst after the lean pass: older ones compare unchanged
+                    **({"after_lean_ms": fig.after_lean_ms, "timing_drift": fig.timing_drift}
+                       if fig.after_lean_ms else {})},
         "energy": (fig.report.measured or {}).get("energy"),
         "host": {k: _num(v) if k in ("launches", "syncs") else float(v) for k, v in fig.host.items()},
         "phases": phases,

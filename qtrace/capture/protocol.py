@@ -496,11 +496,29 @@ def lean_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: P
     return _recorded_pass(model, work, steps, device, trace_path, {**metadata, "lean": True}, progress, lean=True)
 
 
+CUPTI_TEARDOWN_VAR = "TEARDOWN_CUPTI"
+
+
+def ensure_cupti_teardown() -> str:
+    """Make Kineto finalize CUPTI when each profiler session stops; returns the setting in force.
+
+    Kineto keeps CUPTI subscribed after a session unless TEARDOWN_CUPTI=1 (pytorch/pytorch#144455),
+    and its callbacks then tax every later un-profiled pass of the process: the next precision's
+    timed pass, in `qtrace profile`. A value the user set (e.g. 0) is left alone. (torch itself sets
+    0 for CUDA graphs on CUDA < 12.6, where re-initialising CUPTI crashed.)
+    """
+    if CUPTI_TEARDOWN_VAR not in os.environ:
+        os.environ[CUPTI_TEARDOWN_VAR] = "1"  # read by Kineto's C++ at each stop (getenv), so this takes effect
+        return "1 (set by qtrace)"
+    return os.environ[CUPTI_TEARDOWN_VAR]
+
+
 def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: Path,
                    metadata: dict[str, Any], progress: Progress | None, lean: bool) -> dict[str, Any]:
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile, schedule
 
+    ensure_cupti_teardown()
     if lean:
         activities = [ProfilerActivity.CUDA]
     else:

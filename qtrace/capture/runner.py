@@ -270,7 +270,9 @@ class _Runner:
         from qtrace.capture import environment as qdevice
         from qtrace.capture import models
         from qtrace.capture.models import quiet_libraries
+        from qtrace.capture.protocol import ensure_cupti_teardown
 
+        ensure_cupti_teardown()  # before the environment is recorded, so run.json shows the setting in force
         run = self._run_header(qdevice.environment(self.dev))
         fileio.mark_incomplete(self.out, f"qtrace profile started {run['created']}; if this file remains, "
                                          "the run was interrupted and run.json holds only finished precisions")
@@ -371,8 +373,13 @@ class _Runner:
         if self.s.profile_steps == 0:
             self.say.line(f"{tag} --profile-steps 0: no trace recorded")
             return
-        trace = self.out / loaded.precision / TRACE_NAME
         meta = self._metadata(loaded)
+        # The lean trace right after the timed pass, then a short timed burst: its steps sit between
+        # two un-profiled stretches, so the host's drift during it is measured, not guessed.
+        if self._lean(model, work, loaded, meta, entry, tag):
+            after = capture.timed_pass(model, work, after_lean_iters(self.s.iters), self.dev, self.say.counter(tag))
+            entry["latency_ms"]["after_lean"] = capture.stats(after.per_iter_ms)
+        trace = self.out / loaded.precision / TRACE_NAME
         self.say.line(f"{tag} profiling {self.s.profile_steps} step(s) ...")
         info = capture.profiled_pass(model, work, self.s.profile_steps, self.dev, trace, meta,
                                      self.say.counter(tag))
@@ -380,23 +387,22 @@ class _Runner:
         entry["trace_bytes"] = info["trace_bytes"]
         entry["annotated_modules"] = info["annotated_modules"]
         self.say.line(f"{tag} trace {trace} ({fmt_bytes(info['trace_bytes'])})")
-        self._lean(model, work, loaded, meta, entry, tag)
 
     def _lean_on(self) -> bool:
         return self.dev.type == "cuda" and self.s.lean is not False
 
     def _lean(self, model: Any, work: Any, loaded: Any, meta: dict[str, Any], entry: dict[str, Any],
-              tag: str) -> None:
-        """The lean trace of the same steps, after the full one (run.json: lean_trace, lean_trace_bytes)."""
+              tag: str) -> bool:
+        """The lean trace of the full one's steps (run.json: lean_trace, lean_trace_bytes); True if written."""
         from qtrace.capture import protocol as capture
 
         entry["lean_trace"] = None
         if self.dev.type != "cuda":
             entry["lean_note"] = LEAN_NOTE_CPU
-            return
+            return False
         if self.s.lean is False:
             entry["lean_note"] = "no lean trace: --no-lean"
-            return
+            return False
         lean = self.out / loaded.precision / LEAN_TRACE_NAME
         self.say.line(f"{tag} lean trace (CUDA activity only), {self.s.profile_steps} step(s) ...")
         try:
@@ -404,11 +410,12 @@ class _Runner:
         except Exception as exc:  # the full trace and timings stand without it
             entry["lean_note"] = f"lean trace failed: {one_line(exc)}"
             self.say.line(f"{tag} {entry['lean_note']}")
-            return
+            return False
         entry["lean_trace"] = lean.relative_to(self.out).as_posix()
         entry["lean_trace_bytes"] = info["trace_bytes"]
         entry["lean_note"] = None
         self.say.line(f"{tag} lean trace {lean} ({fmt_bytes(info['trace_bytes'])})")
+        return True
 
     def _metadata(self, loaded: Any) -> dict[str, Any]:
         from qtrace.capture import environment as qdevice
@@ -429,6 +436,11 @@ class _Runner:
     def _save_traceback(self, precision: str) -> None:
         with contextlib.suppress(OSError):
             fileio.write_text(self.out / precision / "error.txt", traceback.format_exc())
+
+
+def after_lean_iters(iters: int) -> int:
+    """Timed iterations after the lean pass: enough for a median, fewer than the main pass."""
+    return max(3, iters // 2)
 
 
 def _unsupported() -> type[Exception]:

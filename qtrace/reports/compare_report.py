@@ -107,6 +107,9 @@ def _explained_words(comp: RunComparison) -> str:
     infl = [f"{f.label} x{f.lean_inflation:.2f}" for f in (comp.baseline, comp.run) if f.lean_inflation]
     if infl:
         out += "; lean inflation " + ", ".join(infl)
+    drift = [f"{f.label} x{f.timing_drift:.2f}" for f in (comp.baseline, comp.run) if f.timing_drift]
+    if drift:
+        out += "; host drift across the lean pass " + ", ".join(drift)
     return out
 
 
