@@ -13,8 +13,11 @@ lean pass is bracketed by two short un-profiled blocks of the same model:
    event of the step, as `qtrace compare` measures it); ``lean_over_bracket`` = that span / the mean
    of the two bracketing blocks' medians;
 3. ``after``: timed blocks again once every lean pass is done. ``after / before`` shows whether the
-   profiler left a cost behind: Kineto keeps CUPTI subscribed after a session unless TEARDOWN_CUPTI=1
-   (qtrace sets it where the user did not; run this once with TEARDOWN_CUPTI=0 and once with 1).
+   profiler left a cost behind: Kineto keeps CUPTI initialised after a session unless TEARDOWN_CUPTI=1
+   (run this once with TEARDOWN_CUPTI=0 and once with 1 to see both).
+
+Before the lean rounds it primes CUPTI with one throwaway lean session, as `qtrace profile` does
+(--no-prime: measure without it).
 
 A precision may carry an LLM.int8 threshold, ``int8@0``: with --outlier-dims, ``fp16,int8,int8@0``
 interleaves the outlier path on and off in one process (the measured side of issue 14's causal check).
@@ -74,6 +77,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--outlier-dims", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-prime", action="store_true", help="skip qtrace's throwaway first lean session")
     args = ap.parse_args()
     dev = resolve_device(args.device)
     if dev.type != "cuda":
@@ -101,6 +105,8 @@ def main() -> int:
         for r in range(args.rounds):
             for p in order(r):
                 res[p]["before"].append(block(loaded[p].model, works[p], args.block_iters, dev))
+        if not args.no_prime:  # as `qtrace profile` does before its first lean pass
+            capture.prime_cupti(loaded[precisions[0]].model, works[precisions[0]], dev)
         for r in range(args.rounds):
             for p in order(r):
                 m, w = loaded[p].model, works[p]
@@ -132,6 +138,7 @@ def main() -> int:
     print(json.dumps({"process": True, "teardown_cupti_env_at_start": teardown_before,
                       "teardown_cupti_in_force": os.environ.get(capture.CUPTI_TEARDOWN_VAR),
                       "device": env["device_name"], "versions": env["versions"], "rounds": args.rounds,
+                      "primed": not args.no_prime,
                       "block_iters": args.block_iters, "steps": args.steps}), flush=True)
     return 0
 

@@ -497,20 +497,29 @@ def lean_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: P
 
 
 CUPTI_TEARDOWN_VAR = "TEARDOWN_CUPTI"
+_cupti_primed: set[str] = set()
 
 
-def ensure_cupti_teardown() -> str:
-    """Make Kineto finalize CUPTI when each profiler session stops; returns the setting in force.
+def prime_cupti(model: Any, work: Workload, device: Any) -> bool:
+    """One throwaway lean session per process and device before the first recorded lean pass.
 
-    Kineto keeps CUPTI subscribed after a session unless TEARDOWN_CUPTI=1 (pytorch/pytorch#144455),
-    and its callbacks then tax every later un-profiled pass of the process: the next precision's
-    timed pass, in `qtrace profile`. A value the user set (e.g. 0) is left alone. (torch itself sets
-    0 for CUDA graphs on CUDA < 12.6, where re-initialising CUPTI crashed.)
+    Why: on an H200 (benchmarks/lean_overhead.py, examples/lean/README.md) a profiler session on a
+    freshly initialised CUPTI ran 1.24-1.33x its bracketing un-profiled blocks, and one on an already
+    initialised CUPTI 1.05-1.15x. Kineto keeps CUPTI initialised between sessions unless
+    TEARDOWN_CUPTI=1 (then every session is a fresh one: qtrace leaves the variable as the user set
+    it and records it in run.json). Returns True if it primed now.
     """
-    if CUPTI_TEARDOWN_VAR not in os.environ:
-        os.environ[CUPTI_TEARDOWN_VAR] = "1"  # read by Kineto's C++ at each stop (getenv), so this takes effect
-        return "1 (set by qtrace)"
-    return os.environ[CUPTI_TEARDOWN_VAR]
+    key = str(device)
+    if device.type != "cuda" or key in _cupti_primed:
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=".prime.", suffix=".json.gz")
+    os.close(fd)
+    try:
+        _recorded_pass(model, work, 1, device, Path(tmp), {"prime": True}, None, lean=True)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _cupti_primed.add(key)
+    return True
 
 
 def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: Path,
@@ -518,7 +527,6 @@ def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_pa
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    ensure_cupti_teardown()
     if lean:
         activities = [ProfilerActivity.CUDA]
     else:

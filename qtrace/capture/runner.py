@@ -270,9 +270,6 @@ class _Runner:
         from qtrace.capture import environment as qdevice
         from qtrace.capture import models
         from qtrace.capture.models import quiet_libraries
-        from qtrace.capture.protocol import ensure_cupti_teardown
-
-        ensure_cupti_teardown()  # before the environment is recorded, so run.json shows the setting in force
         run = self._run_header(qdevice.environment(self.dev))
         fileio.mark_incomplete(self.out, f"qtrace profile started {run['created']}; if this file remains, "
                                          "the run was interrupted and run.json holds only finished precisions")
@@ -406,6 +403,8 @@ class _Runner:
         lean = self.out / loaded.precision / LEAN_TRACE_NAME
         self.say.line(f"{tag} lean trace (CUDA activity only), {self.s.profile_steps} step(s) ...")
         try:
+            if capture.prime_cupti(model, work, self.dev):
+                self.say.line(f"{tag} CUPTI primed (a throwaway lean session: a process's first one runs slower)")
             info = capture.lean_pass(model, work, self.s.profile_steps, self.dev, lean, meta, self.say.counter(tag))
         except Exception as exc:  # the full trace and timings stand without it
             entry["lean_note"] = f"lean trace failed: {one_line(exc)}"
