@@ -44,6 +44,7 @@ def test_command_names_lean_only_when_given() -> None:
 def test_cpu_profile_records_why_there_is_no_lean_trace_and_prints_no_usdt(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop(capture.CUPTI_TEARDOWN_VAR, None)
     res = subprocess.run([sys.executable, "-m", "qtrace", "profile", str(tiny_checkpoint("tiny-llama")),
                           "--precision", "fp32", "--seq-len", "16", "--warmup", "0", "--iters", "2",
                           "--profile-steps", "1", "--device", "cpu", "--out", str(out)],
@@ -56,5 +57,27 @@ def test_cpu_profile_records_why_there_is_no_lean_trace_and_prints_no_usdt(tmp_p
     assert entry["trace"] == "fp32/trace.json.gz" and (out / entry["trace"]).is_file()
     assert entry["lean_trace"] is None and "CPU" in entry["lean_note"]
     assert run["settings"]["lean"] is False
+    assert run["environment"]["env"][capture.CUPTI_TEARDOWN_VAR] == "1"  # set by qtrace, recorded
     assert not (out / "fp32" / "lean_trace.json.gz").exists()
     assert api.ProfileResult.load(out).lean_trace_path("fp32") is None
+
+
+def test_cupti_teardown_is_set_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(capture.CUPTI_TEARDOWN_VAR, raising=False)
+    assert capture.ensure_cupti_teardown() == "1 (set by qtrace)"
+    assert os.environ[capture.CUPTI_TEARDOWN_VAR] == "1"
+    monkeypatch.setenv(capture.CUPTI_TEARDOWN_VAR, "0")
+    assert capture.ensure_cupti_teardown() == "0"
+    assert os.environ[capture.CUPTI_TEARDOWN_VAR] == "0"
+
+
+def test_priming_is_skipped_on_a_cpu_and_under_teardown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(capture.CUPTI_TEARDOWN_VAR, "0")
+    assert capture.prime_cupti(None, None, torch.device("cpu")) is False
+
+    class FakeCuda:
+        type = "cuda"
+
+    monkeypatch.setenv(capture.CUPTI_TEARDOWN_VAR, "1")
+    assert capture.prime_cupti(None, None, FakeCuda()) is False  # every session starts a fresh CUPTI anyway
+

@@ -500,17 +500,31 @@ CUPTI_TEARDOWN_VAR = "TEARDOWN_CUPTI"
 _cupti_primed: set[str] = set()
 
 
-def prime_cupti(model: Any, work: Workload, device: Any) -> bool:
-    """One throwaway lean session per process and device before the first recorded lean pass.
+def ensure_cupti_teardown() -> str:
+    """Make Kineto finalize CUPTI when each profiler session stops; returns the setting in force.
 
-    Why: on an H200 (benchmarks/lean_overhead.py, examples/lean/README.md) a profiler session on a
-    freshly initialised CUPTI ran 1.24-1.33x its bracketing un-profiled blocks, and one on an already
-    initialised CUPTI 1.05-1.15x. Kineto keeps CUPTI initialised between sessions unless
-    TEARDOWN_CUPTI=1 (then every session is a fresh one: qtrace leaves the variable as the user set
-    it and records it in run.json). Returns True if it primed now.
+    Kineto keeps CUPTI initialised after a session unless TEARDOWN_CUPTI=1 (pytorch/pytorch#144455),
+    and that taxes every later un-profiled pass of the process. On an H200 (examples/lean/README.md),
+    without teardown the fp16 pass timed right after its lean pass ran 1.23-2.48x its first timed
+    pass in 9 of 9 processes (and every precision after the first was timed taxed); with teardown,
+    0.67-1.68x, median 1.01. A value the user set (e.g. 0) is left alone and recorded in run.json.
+    (torch itself sets 0 for CUDA graphs on CUDA < 12.6, where re-initialising CUPTI crashed.)
+    """
+    if CUPTI_TEARDOWN_VAR not in os.environ:
+        os.environ[CUPTI_TEARDOWN_VAR] = "1"  # read by Kineto's C++ at each stop (getenv), so this takes effect
+        return "1 (set by qtrace)"
+    return os.environ[CUPTI_TEARDOWN_VAR]
+
+
+def prime_cupti(model: Any, work: Workload, device: Any) -> bool:
+    """Where CUPTI is kept between sessions (TEARDOWN_CUPTI not 1): one throwaway lean session per
+    process and device before the first recorded lean pass, so that no recorded one runs on a freshly
+    initialised CUPTI (on an H200 such a session ran 1.24-1.33x its bracketing un-profiled blocks, one
+    on an initialised CUPTI 1.05-1.15x: benchmarks/lean_overhead.py). With teardown every session is a
+    fresh one and priming would change nothing. Returns True if it primed now.
     """
     key = str(device)
-    if device.type != "cuda" or key in _cupti_primed:
+    if device.type != "cuda" or key in _cupti_primed or os.environ.get(CUPTI_TEARDOWN_VAR) == "1":
         return False
     fd, tmp = tempfile.mkstemp(prefix=".prime.", suffix=".json.gz")
     os.close(fd)
@@ -527,6 +541,7 @@ def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_pa
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile, schedule
 
+    ensure_cupti_teardown()
     if lean:
         activities = [ProfilerActivity.CUDA]
     else:

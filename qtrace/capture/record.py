@@ -207,7 +207,9 @@ class _Entry:
     def _start_profiler(self) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        from qtrace.capture.protocol import module_annotations
+        from qtrace.capture.protocol import ensure_cupti_teardown, module_annotations
+
+        ensure_cupti_teardown()  # the script's later, un-profiled calls must not pay for a kept CUPTI
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         self.annotations = module_annotations(self.model)  # the model is being called: it is alive

@@ -168,7 +168,7 @@ def profile(
     model: preset name (default tiny-llama), local HF checkout folder, or HF id already in the
     local cache (never downloaded). precisions: list or comma string of fp32, fp16, bf16, int8,
     nf4 (default fp16,int8,nf4 on CUDA, fp32,int8,nf4 on CPU). progress: called with one-line
-    status messages (default: stderr, unless quiet). lean: after each full trace, record the
+    status messages (default: stderr, unless quiet). lean: beside each full trace, record the
     same steps with CUDA activity only (`<precision>/lean_trace.json.gz`, the trace `qtrace
     compare` times phases with); default on a CUDA device, impossible on a CPU.
     """
@@ -269,7 +269,10 @@ class _Runner:
 
         from qtrace.capture import environment as qdevice
         from qtrace.capture import models
+        from qtrace.capture import protocol as capture
         from qtrace.capture.models import quiet_libraries
+
+        capture.ensure_cupti_teardown()  # before the environment is recorded: run.json shows the setting in force
         run = self._run_header(qdevice.environment(self.dev))
         fileio.mark_incomplete(self.out, f"qtrace profile started {run['created']}; if this file remains, "
                                          "the run was interrupted and run.json holds only finished precisions")

@@ -58,7 +58,7 @@ class _SupportHelp(click.Command):
                    "as in trained models (random weights have none).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a checkout's own Python code (off by default).")
 @click.option("--lean/--no-lean", default=None,
-              help="After each full trace, record the same steps with CUDA activity only (lean_trace.json.gz), "
+              help="After the timed pass, record the profiled steps with CUDA activity only (lean_trace.json.gz), "
                    "which `qtrace compare` times phases with. Default: on with a CUDA device; a CPU has none.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def profile_cmd(model: str | None, precisions: str | None, task: str, batch_size: int, seq_len: int,
