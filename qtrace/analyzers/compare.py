@@ -753,4 +753,7 @@ def comparison_to_dict(c: Comparison) -> dict[str, Any]:
     }
     if c.memory_deltas:
         out["memory_deltas"] = c.memory_deltas
+    from qtrace.analyzers.ranking import ranking  # imports this module's types
+
+    out["ranking"] = ranking(c)
     return out

@@ -326,6 +326,43 @@ def phase_stack_chart(runs: Sequence[tuple[str, Any]], unit: str) -> Figure:
     return fig
 
 
+# --- ranking -------------------------------------------------------------------------------------
+
+
+def ranking_chart(rows: Sequence[dict[str, Any]]) -> Figure:
+    """Three panels sharing the runs (fastest on top): latency, peak memory (both vs the baseline)
+    and KL divergence to the baseline; each bar coloured by the phase that adds the most time."""
+    order = list(rows)[::-1]  # matplotlib draws the first bar at the bottom
+    labels = [_tex_safe(r["run"]) for r in order]
+    fig = Figure(figsize=(10.5, 0.42 * len(order) + 1.6))
+    axes = fig.subplots(1, 3, sharey=True)
+    panels = ((axes[0], "latency_ratio", "latency vs baseline (x)", "{:.2f}x"),
+              (axes[1], "peak_ratio", "peak memory vs baseline (x)", "{:.2f}x"),
+              (axes[2], "kl_mean", "KL to baseline (nats)", "{:.1e}"))
+    y = list(range(len(order)))
+    for ax, key, title, fmt in panels:
+        vals = [r.get(key) for r in order]
+        colors = [phase_color(r.get("main_phase")) if r.get("main_phase") else "#9e9e9e" for r in order]
+        ax.barh(y, [v or 0.0 for v in vals], color=colors, height=0.6)
+        top = max((v for v in vals if v), default=1.0)
+        for yi, v in zip(y, vals, strict=True):
+            ax.text((v or 0.0) + top * 0.01, yi, "n/a" if v is None else fmt.format(v), va="center", fontsize=8)
+        if key != "kl_mean":
+            ax.axvline(1.0, color="#555555", linewidth=0.8, linestyle="--")
+        ax.set_xlim(0, top * 1.25)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", color="#eeeeee", linewidth=0.6)
+        ax.set_axisbelow(True)
+    axes[0].set_yticks(y, labels, fontsize=9)
+    phases = list(dict.fromkeys(r["main_phase"] for r in rows if r.get("main_phase")))
+    if phases:
+        fig.legend(handles=[Patch(facecolor=phase_color(p), label=_tex_safe(p)) for p in phases],
+                   loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
+                   title="adds most time", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # --- GPU busy / idle -----------------------------------------------------------------------------
 
 

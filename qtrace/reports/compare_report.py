@@ -9,6 +9,7 @@ import pandas as pd
 
 from qtrace.analyzers.compare import EXPLAIN_COST, EXPLAIN_CPU, Comparison, RunComparison
 from qtrace.analyzers.quality import quality_line
+from qtrace.analyzers.ranking import ranking
 from qtrace.fileio import write_json, write_text
 from qtrace.markup import md_escape, md_table, ms, text_table
 
@@ -181,10 +182,38 @@ def memory_tables(c: Comparison, label: str) -> list[tuple[str, list[str], list[
     return out
 
 
+RANK_HEADERS = ["#", "run", "latency ms", "vs baseline", "peak", "vs baseline", "KL (nats)", "top-1", "max |dlogit|",
+                "adds most", "explained"]
+
+
+def _num_cell(v: float | None, spec: str, prefix: str = "") -> str:
+    return "-" if v is None else prefix + format(v, spec)
+
+
+def ranking_rows(c: Comparison) -> list[list[str]]:
+    """Runs by latency, with memory and error beside (ranks in brackets where they differ)."""
+    rows = []
+    for r in ranking(c):
+        lat = _num_cell(r["latency_ms"], ".2f") + ("" if r["latency_source"] == "measured" else " (traced)")
+        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f} MiB ({r['peak_source']})"
+        phase = "-" if r["main_phase"] is None else f"{r['main_phase']} {r['main_phase_ms']:+.2f} ms"
+        rows.append([str(r["rank_latency"]), r["run"] + (" (baseline)" if r["is_baseline"] else ""), lat,
+                     _num_cell(r["latency_ratio"], ".2f", "x"), peak + f" [#{r['rank_memory']}]",
+                     _num_cell(r["peak_ratio"], ".2f", "x"), _num_cell(r["kl_mean"], ".2e") + f" [#{r['rank_error']}]",
+                     _num_cell(r["top1_agreement"], ".1%"), _num_cell(r["max_abs_diff"], ".3g"), phase,
+                     _num_cell(r["explained_share"], ".0%")])
+    return rows
+
+
+RANK_NOTE = ("Ranked by latency; [#n] ranks memory and error (1 = least). Error is against the baseline on the same "
+             "inputs (with random weights: quantization error, not task accuracy); '-' where not measured.")
+
+
 def render_text(c: Comparison, top: int = 5) -> str:
     out = [f"== Baseline: {c.baseline.label} ({c.baseline.source}); deltas {unit_words(c)}"]
     out += [f"note: {n}" for n in c.notes]
     out += ["", text_table(RUN_HEADERS, _run_rows(c))]
+    out += ["", "== Ranking", text_table(RANK_HEADERS, ranking_rows(c)), RANK_NOTE]
     for comp in c.comparisons:
         out += ["", f"== {comp.run.label} vs {c.baseline.label} ({comp.run.source})"]
         out += headline(c, comp, top)
@@ -204,6 +233,10 @@ def render_markdown(c: Comparison, top: int = 5, charts: dict[str, str] | None =
            ""]
     out += [f"- Note: {md_escape(n)}" for n in c.notes]
     out += ["", "## Runs", "", md_table(RUN_HEADERS, [[md_escape(x) for x in r] for r in _run_rows(c)])]
+    out += ["", "## Ranking", "", md_table(RANK_HEADERS, [[md_escape(x) for x in r] for r in ranking_rows(c)]), "",
+            md_escape(RANK_NOTE)]
+    if "ranking" in charts:
+        out += ["", f"![ranking]({charts['ranking']})"]
     if "phases" in charts:
         out += ["", f"![phase time per run]({charts['phases']})"]
     for comp in c.comparisons:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from qtrace.analyzers.compare import Comparison, pass_count, run_labels
+from qtrace.analyzers.ranking import ranking
 from qtrace.analyzers.trace_analysis import TraceReport
 from qtrace.fileio import write_bytes, write_text
 from qtrace.markup import ms, pct
@@ -169,6 +170,9 @@ def compare_charts(c: Comparison, top: int = 6) -> dict[str, tuple[str, bytes]]:
         cap = (f"Waterfall from {comp.baseline.label} to {comp.run.label}: solid bars are GPU kernel-time deltas "
                f"per phase, hatched bars GPU idle-time deltas while the host ran the phase; the bars add up.")
         out[f"waterfall:{comp.run.label}"] = (cap, ch.to_png(ch.waterfall_chart(comp, top)))
+    out["ranking"] = ("Runs by latency (fastest on top): latency and peak memory against the baseline, and the "
+                      "error (KL divergence of the outputs) against it; a bar's colour is the phase that adds the "
+                      "most time.", ch.to_png(ch.ranking_chart(ranking(c))))
     per_pass = all(f.per_pass is not None for f in c.runs)
     runs = [(f.label, f.phases * (f.per_pass if per_pass else 1.0)) for f in c.runs]
     unit = "pass" if per_pass else "window"
@@ -195,6 +199,11 @@ def compare_html(c: Comparison, charts: dict[str, tuple[str, bytes]], annotated:
     body += [f'<p class="note">Note: {_e(n)}</p>' for n in c.notes]
     body.append("<h2>Runs</h2>")
     body.append(_table(cr.RUN_HEADERS, cr._run_rows(c), left=2))
+    body.append("<h2>Ranking</h2>")
+    body.append(_table(cr.RANK_HEADERS, cr.ranking_rows(c), left=2))
+    body.append(f'<p class="note">{_e(cr.RANK_NOTE)}</p>')
+    if "ranking" in charts:
+        body.append(_img(charts["ranking"][1], "ranking", charts["ranking"][0]))
     for comp in c.comparisons:
         lab = comp.run.label
         body.append(f"<h2>{_e(lab)} vs {_e(c.baseline.label)}</h2>")
