@@ -135,6 +135,20 @@ def test_rows_from_run():
     assert by["nf4"]["status"] == "error" and by["nf4"]["latency_ms_per_example"] is None
 
 
+def test_rows_carry_the_quality_cost_of_each_precision():
+    run = _run_json(1, {"fp16": 2.0, "int8": 5.0}, {"fp16": 100, "int8": 60})
+    run["precisions"]["fp16"]["quality"] = {"baseline": "fp16", "is_baseline": True}
+    run["precisions"]["int8"]["quality"] = {"baseline": "fp16", "kl_mean": 0.0123, "top1_agreement": 0.75,
+                                            "max_abs_diff": 0.5}
+    by = {r["precision"]: r for r in rows_from_run(run, 1, 128)}
+    assert (by["fp16"]["kl_mean"], by["fp16"]["top1_agreement"], by["fp16"]["max_abs_diff"]) == (0.0, 1.0, 0.0)
+    assert (by["int8"]["kl_mean"], by["int8"]["top1_agreement"], by["int8"]["max_abs_diff"]) == (0.0123, 0.75, 0.5)
+    del run["precisions"]["int8"]["quality"]  # an older run folder: no figure, not a zero
+    assert rows_from_run(run, 1, 128)[1]["kl_mean"] is None
+    df = frame(rows_from_run(run, 1, 128))
+    assert "1.23e-02" not in to_markdown(df, []) and "KL (nats)" in to_markdown(df, [])
+
+
 def test_outputs_and_plot(tmp_path):
     df = _df({"fp16": {1: 10.0, 4: 3.0, 16: 1.0}, "int8": {1: 40.0, 4: 6.0, 16: 0.5}, "nf4": {1: 30, 4: 9, 16: 2}})
     df["peak_memory_bytes"] = [100e6, 150e6, 300e6, 60e6, 90e6, 200e6, 50e6, 80e6, 180e6]

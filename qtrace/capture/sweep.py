@@ -41,7 +41,9 @@ METRICS = {
 }
 ROW_COLUMNS = ["precision", "batch_size", "seq_len", "status", "error", "latency_ms_per_example",
                "latency_ms_per_example_p90", "latency_ms_per_iter", "examples_per_s", "tokens_per_s",
-               "peak_memory_bytes", "memory_metric", "footprint_bytes", "joules_per_example", "point"]
+               "peak_memory_bytes", "memory_metric", "footprint_bytes", "joules_per_example", "point",
+               "kl_mean", "top1_agreement", "max_abs_diff"]
+QUALITY_FIELDS = ("kl_mean", "top1_agreement", "max_abs_diff")
 
 
 # ---------------------------------------------------------------------------------------
@@ -80,6 +82,7 @@ def rows_from_run(run: dict[str, Any], batch_size: int, seq_len: int, point: str
         mem = e.get("memory") or {}
         gen = e.get("generate") or {}
         energy = e.get("energy") or {}
+        quality = e.get("quality") or {}
         peak, metric = mem.get("max_allocated_bytes"), "max_allocated_bytes"
         if peak is None and mem.get("cpu_peak_rss_bytes") is not None:
             peak, metric = mem.get("cpu_peak_rss_bytes"), "cpu_peak_rss_bytes"
@@ -95,6 +98,9 @@ def rows_from_run(run: dict[str, Any], batch_size: int, seq_len: int, point: str
             "footprint_bytes": (e.get("load") or {}).get("footprint_bytes"),
             "joules_per_example": energy.get("joules_per_example"),
             "point": point,
+            # error against the run's baseline precision (same inputs); 0 / 1 for the baseline itself
+            **{k: (0.0 if k != "top1_agreement" else 1.0) if quality.get("is_baseline") else quality.get(k)
+               for k in QUALITY_FIELDS},
         })
     return rows
 
@@ -102,7 +108,7 @@ def rows_from_run(run: dict[str, Any], batch_size: int, seq_len: int, point: str
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=ROW_COLUMNS)
     for c in ("latency_ms_per_example", "latency_ms_per_example_p90", "latency_ms_per_iter", "examples_per_s",
-              "tokens_per_s", "peak_memory_bytes", "footprint_bytes", "joules_per_example"):
+              "tokens_per_s", "peak_memory_bytes", "footprint_bytes", "joules_per_example", *QUALITY_FIELDS):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
@@ -200,6 +206,12 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+def _sci(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.2e}"
+
+
 def to_markdown(df: pd.DataFrame, found: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> str:
     from qtrace.markup import md_escape, md_table, mib
 
@@ -210,16 +222,19 @@ def to_markdown(df: pd.DataFrame, found: list[dict[str, Any]], settings: dict[st
     lines += ["## Where quantization pays", ""]
     lines += [f"- {md_escape(c['message'])}" for c in found] or ["- (no comparison: one precision only)"]
     head = ["precision", "batch", "seq", "ms/example", "p90", "ms/iter", "examples/s", "peak memory", "J/example",
-            "status"]
+            "KL (nats)", "top-1", "status"]
     rows = []
     for r in df.sort_values(["seq_len", "batch_size", "precision"], kind="stable").to_dict(orient="records"):
         rows.append([r["precision"], str(r["batch_size"]), str(r["seq_len"]), _fmt(r["latency_ms_per_example"], 3),
                      _fmt(r["latency_ms_per_example_p90"], 3), _fmt(r["latency_ms_per_iter"], 2),
                      _fmt(r["examples_per_s"], 1), mib(r["peak_memory_bytes"]), _fmt(r["joules_per_example"], 4),
+                     _sci(r["kl_mean"]), _fmt(r["top1_agreement"], 3),
                      md_escape(r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}")])
     mm = df["memory_metric"].dropna().unique()
-    lines += ["", "## Table", "", md_table(head, rows, "lrrrrrrrrl"), "",
-              f"Peak memory is {', '.join(mm) if len(mm) else 'unknown'} of the un-profiled timed pass.", ""]
+    lines += ["", "## Table", "", md_table(head, rows, "lrrrrrrrrrrl"), "",
+              f"Peak memory is {', '.join(mm) if len(mm) else 'unknown'} of the un-profiled timed pass. KL and top-1: "
+              "the outputs against the baseline precision's on the same inputs (random weights: quantization error, "
+              "not task accuracy).", ""]
     return "\n".join(lines)
 
 
