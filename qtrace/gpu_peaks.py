@@ -13,7 +13,9 @@ All math peaks are **dense** (no 2:4 structured sparsity): NVIDIA datasheets pri
 figure with an asterisk, and the dense one is half of it. fp16/bf16 peaks are the tensor-core
 rates with fp32 accumulation (what cuBLAS uses for torch's fp16/bf16 matmuls); on datacenter
 parts this equals the fp16-accumulate rate, on GeForce cards it is half of it. fp32 is the
-non-tensor (CUDA core) rate: torch does not use TF32 for fp32 matmuls unless asked.
+non-tensor (CUDA core) rate: torch does not use TF32 for fp32 matmuls unless asked; tf32 is the
+TF32 tensor-core rate, which a kernel named as TF32 (cuBLAS/CUTLASS ``tf32``, ``s1688gemm``...) is
+held against.
 
 No torch import here: reports run on laptops.
 """
@@ -30,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 # Fields of a peak set, with units: GB/s = 1e9 B/s, TFLOPS/TOPS = 1e12 op/s.
-PEAK_FIELDS = ("hbm_gbps", "fp16_tflops", "bf16_tflops", "int8_tops", "fp32_tflops")
+PEAK_FIELDS = ("hbm_gbps", "fp16_tflops", "bf16_tflops", "int8_tops", "fp32_tflops", "tf32_tflops")
 # Which peak field a compute dtype is measured against.
 DTYPE_PEAK = {"fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp32": "fp32_tflops", "int8": "int8_tops",
-              "tf32": "tf32_tflops"}  # no table entry has a TF32 peak yet: TF32 GEMMs then get no roof
+              "tf32": "tf32_tflops"}  # a GPU without a TF32 peak (T4: Turing has none) gives TF32 GEMMs no roof
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class DeviceSpec:
     source: str  # the vendor document the figures come from (name and URL)
     note: str = ""
     compute_capability: str = ""  # "major.minor", from NVIDIA's CUDA GPUs list (CC_SOURCE)
+    tf32_tflops: float | None = None  # dense TF32 tensor-core rate (fp32 GEMMs with TF32 on), same source
 
     def peaks(self) -> dict[str, float | None]:
         return {f: getattr(self, f) for f in PEAK_FIELDS}
@@ -113,35 +116,35 @@ def features_of(cc: str | None) -> dict[str, bool | None]:
 # (H100 NVL and PCIe before the plain H100 = SXM5; H200 NVL before H200).
 KNOWN_DEVICES: tuple[DeviceSpec, ...] = (
     DeviceSpec("h100-nvl", "NVIDIA H100 NVL (94 GB)", (r"h100.*nvl",), 3900, 835.5, 835.5, 1670.5, 60.0,
-               "HBM3", _H100_DS, compute_capability="9.0"),
+               "HBM3", _H100_DS, compute_capability="9.0", tf32_tflops=417.5),
     DeviceSpec("h100-pcie", "NVIDIA H100 PCIe (80 GB)", (r"h100.*pcie",), 2000, 756.5, 756.5, 1513.0, 51.0,
-               "HBM2e", _H100_DS, compute_capability="9.0"),
+               "HBM2e", _H100_DS, compute_capability="9.0", tf32_tflops=378.0),
     DeviceSpec("h100-sxm", "NVIDIA H100 SXM5 (80 GB)", (r"h100",), 3350, 989.5, 989.5, 1979.0, 67.0, "HBM3",
-               _H100_DS, "the driver names it 'NVIDIA H100 80GB HBM3'", compute_capability="9.0"),
+               _H100_DS, "the driver names it 'NVIDIA H100 80GB HBM3'", compute_capability="9.0", tf32_tflops=494.5),
     DeviceSpec("h200-nvl", "NVIDIA H200 NVL (141 GB)", (r"h200.*nvl",), 4800, 835.5, 835.5, 1670.5, 60.0,
-               "HBM3e", _H200_DS, compute_capability="9.0"),
+               "HBM3e", _H200_DS, compute_capability="9.0", tf32_tflops=417.5),
     DeviceSpec("h200-sxm", "NVIDIA H200 SXM (141 GB)", (r"h200",), 4800, 989.5, 989.5, 1979.0, 67.0, "HBM3e",
-               _H200_DS, compute_capability="9.0"),
+               _H200_DS, compute_capability="9.0", tf32_tflops=494.5),
     DeviceSpec("a100-80gb-pcie", "NVIDIA A100 80GB PCIe", (r"a100.*80gb.*pcie", r"a100.*pcie.*80gb"),
-               1935, 312.0, 312.0, 624.0, 19.5, "HBM2e", _A100_DS, compute_capability="8.0"),
+               1935, 312.0, 312.0, 624.0, 19.5, "HBM2e", _A100_DS, compute_capability="8.0", tf32_tflops=156.0),
     DeviceSpec("a100-80gb-sxm", "NVIDIA A100 80GB SXM4", (r"a100.*80gb",), 2039, 312.0, 312.0, 624.0, 19.5,
-               "HBM2e", _A100_DS, compute_capability="8.0"),
+               "HBM2e", _A100_DS, compute_capability="8.0", tf32_tflops=156.0),
     DeviceSpec("a100-40gb", "NVIDIA A100 40GB (SXM4 or PCIe)", (r"a100",), 1555, 312.0, 312.0, 624.0, 19.5,
-               "HBM2", _A100_DS, "40 GB SXM4 and PCIe share these peaks", compute_capability="8.0"),
+               "HBM2", _A100_DS, "40 GB SXM4 and PCIe share these peaks", compute_capability="8.0", tf32_tflops=156.0),
     DeviceSpec("l40s", "NVIDIA L40S", (r"\bl40s\b",), 864, 362.05, 362.05, 733.0, 91.6, "GDDR6", _L40S_DS,
-               compute_capability="8.9"),
+               compute_capability="8.9", tf32_tflops=183.0),
     DeviceSpec("l4", "NVIDIA L4", (r"\bl4\b",), 300, 121.0, 121.0, 242.5, 30.3, "GDDR6", _L4_DS,
-               compute_capability="8.9"),
+               compute_capability="8.9", tf32_tflops=60.0),
     DeviceSpec("a10", "NVIDIA A10", (r"\ba10\b",), 600, 125.0, 125.0, 250.0, 31.2, "GDDR6", _A10_DS,
-               compute_capability="8.6"),
+               compute_capability="8.6", tf32_tflops=62.5),
     DeviceSpec("t4", "NVIDIA T4", (r"\bt4\b",), 320, 65.0, None, 130.0, 8.1, "GDDR6", _T4_DS,
                "Turing: no bf16 tensor cores", compute_capability="7.5"),
     DeviceSpec("rtx-4090", "NVIDIA GeForce RTX 4090", (r"rtx 4090",), 1008, 165.2, 165.2, 660.6, 82.6,
                "GDDR6X", _ADA_WP, "fp16/bf16 with fp32 accumulate (fp16 accumulate is 330.3)",
-               compute_capability="8.9"),
+               compute_capability="8.9", tf32_tflops=82.6),
     DeviceSpec("rtx-3090", "NVIDIA GeForce RTX 3090", (r"rtx 3090(?! ti)",), 936, 71.0, 71.0, 284.0, 35.6,
                "GDDR6X", _AMPERE_WP, "fp16/bf16 with fp32 accumulate (fp16 accumulate is 142)",
-               compute_capability="8.6"),
+               compute_capability="8.6", tf32_tflops=35.6),
 )
 
 

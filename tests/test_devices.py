@@ -69,7 +69,8 @@ def test_every_entry_has_positive_peaks_and_a_vendor_source():
 def test_h100_sxm_dense_figures():
     p = peaks_for("NVIDIA H100 80GB HBM3")
     assert p.values == {"hbm_gbps": 3350, "fp16_tflops": 989.5, "bf16_tflops": 989.5, "int8_tops": 1979.0,
-                        "fp32_tflops": 67.0}
+                        "fp32_tflops": 67.0, "tf32_tflops": 494.5}
+    assert p.ops_per_s("tf32") == pytest.approx(4.945e14)  # half the datasheet's with-sparsity 989
     assert set(p.sources.values()) == {"datasheet"}
     assert p.bandwidth_bps() == pytest.approx(3.35e12)
     assert p.ops_per_s("int8") == pytest.approx(1.979e15)

@@ -245,8 +245,10 @@ def test_tf32_gemm_has_no_fp32_roof() -> None:
     u = roofline_units(t)
     tf = u[u["kernel"].str.contains("s1688gemm")]
     assert len(tf) and not (tf["dtype"] == "fp32").any()
-    for row in analyze_trace(t).extra["roofline"]["phases"]:
+    roof = analyze_trace(t).extra["roofline"]
+    for row in roof["phases"]:
         assert row.get("compute_util") is None or row["compute_util"] <= 1.0
+    assert roof["device"]["table_entry"] == "a100-40gb" and roof["device"]["peaks"]["tf32_tflops"] == 156.0
 
 
 def test_legacy_bare_array_categories() -> None:
