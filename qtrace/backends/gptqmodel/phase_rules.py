@@ -42,8 +42,10 @@ _TORCH_KERNELS = r"^(Awq)?Torch(Fused|Aten|Int8)?(Awq)?Linear$|^TritonV2Linear$"
 _FUSED_KERNELS = r"^(Marlin|AwqMarlin|ExllamaV2|ExllamaV2Awq|AwqGEMM|AwqGEMMTriton|AwqGEMV|AwqGEMVFast|Machete|" \
                  r"MachetePacked|AwqMachete|Bitblas|AwqBitblas|QQQ)\w*Linear$"
 _ANY_QLINEAR = _TORCH_KERNELS + "|" + _FUSED_KERNELS
+# Casts and aranges inside a torch kernel belong to the unpack: the unpacked nibbles' cast to the
+# dequant dtype, the shift tables, and (GPTQ in fp32) the dequantized weight's cast to fp32.
 _UNPACK_OPS = r"^aten::(bitwise_right_shift|bitwise_and|__rshift__|__and__|bitwise_left_shift|__lshift__|" \
-              r"bitwise_or|__or__|expand|unsqueeze)\b"
+              r"bitwise_or|__or__|expand|unsqueeze|arange|_to_copy|to|copy_)\b"
 _DEQUANT_OPS = r"^aten::(index|sub|sub_|mul|mul_|rsub|index_select|gather|repeat_interleave)\b"
 _CASTS_AND_VIEWS = (r"^aten::(_to_copy|to|copy_|clone|contiguous|t|transpose|view|reshape|_reshape_alias|flatten"
                     r"|unflatten|as_strided|slice|select|alias|detach|squeeze|permute|empty|empty_strided"
@@ -59,7 +61,7 @@ OP_RULES: list[Rule] = [
     # --- torch / Triton kernels: the module class, then the aten op ---------------------------
     Rule("gptqmodel.dequant_gemm", "torch / Triton kernel: float GEMM on the just-dequantized weight",
          module=_TORCH_KERNELS, ops=GEMM_OPS),
-    Rule("gptqmodel.unpack", "torch kernel: shifts and masks that take the int4 nibbles out of int32 words",
+    Rule("gptqmodel.unpack", "torch kernel: shifts, masks, shift tables and casts of the int4 nibbles",
          module=_TORCH_KERNELS, ops=_UNPACK_OPS),
     Rule("gptqmodel.dequant", "torch kernel: group scales and zeros gathered by g_idx, (w - z) * s",
          module=_TORCH_KERNELS, ops=_DEQUANT_OPS),
@@ -74,9 +76,11 @@ OP_RULES: list[Rule] = [
 
 # By kernel name alone (no op ancestry): only what is unambiguous.
 KERNEL_RULES: list[Rule] = [
-    Rule("gptqmodel.repack", "Marlin repack kernels", kernel=r"(?i)marlin\w*repack|awq_marlin_repack"),
+    Rule("gptqmodel.repack", "Marlin repack kernels", kernel=r"(?i)marlin\w*repack|awq_marlin_repack",
+         quant_backend=r"^gptqmodel$"),
     Rule("gptqmodel.int4_gemm", "Marlin / ExLlama / AWQ int4 GEMM kernels",
-         kernel=r"(?i)marlin|exllama|q4_matmul|gemm_forward_4bit|gemv_kernel|awq_gemm|machete"),
+         kernel=r"(?i)marlin|exllama|q4_matmul|gemm_forward_4bit|gemv_kernel|awq_gemm|machete",
+         quant_backend=r"^gptqmodel$"),
 ]
 
 MEMORY_KINDS: list[KindRule] = [
