@@ -94,6 +94,7 @@ def cached_build_seconds(path: Path) -> float | None:
 def ensure_checkpoint(base: Path, method: str, cache: Path, device: Any,
                       progress: Callable[[str], None] | None = None) -> tuple[Path, float, bool]:
     """(folder, seconds the build took, built now?) of `base` quantized with `method` on `device`."""
+    base, cache = Path(base).resolve(), Path(cache).resolve()  # absolute: the build changes directory
     target = checkpoint_dir(base, method, cache)
     seconds = cached_build_seconds(target)
     if seconds is not None:
@@ -173,7 +174,8 @@ def _quantize(source: Path, dest: Path, rec: dict[str, Any], vocab: int, device:
     calibration = [{"input_ids": torch.randint(0, vocab, (rec["seq_len"],), generator=gen).tolist(),
                     "attention_mask": [1] * rec["seq_len"]} for _ in range(rec["samples"])]
     target = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
-    with _quiet():
+    # GPTQModel writes a per-run log under ./logs of the working directory: keep it in the scratch folder.
+    with _quiet(), _working_dir(dest.parent):
         # fp16: the dtype the presets are stored in and the kernels' native one; GPTQModel would
         # otherwise pick bf16 on the CPU and round the unquantized embeddings and norms too.
         model = gptqmodel.GPTQModel.load(str(source), config, device=target, dtype=torch.float16,
@@ -185,6 +187,16 @@ def _quantize(source: Path, dest: Path, rec: dict[str, Any], vocab: int, device:
     for leftover in ("quant_log.csv",):
         with contextlib.suppress(OSError):
             (dest / leftover).unlink()
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 @contextlib.contextmanager
