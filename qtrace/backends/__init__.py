@@ -15,9 +15,10 @@ from typing import Any
 
 from qtrace.backends.base import Backend, KindRule, Rule
 from qtrace.backends.bitsandbytes import BACKEND as BITSANDBYTES
+from qtrace.backends.gptqmodel import BACKEND as GPTQMODEL
 from qtrace.backends.torchao import BACKEND as TORCHAO
 
-BACKENDS: tuple[Backend, ...] = (BITSANDBYTES, TORCHAO)
+BACKENDS: tuple[Backend, ...] = (BITSANDBYTES, TORCHAO, GPTQMODEL)
 
 OP_PREFIXES: tuple[str, ...] = tuple(p for b in BACKENDS for p in b.op_prefixes)
 

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import gc
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -390,8 +391,9 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     import torch
 
     check_available([precision], device)
-    dtype_name, quant, warnings = _precision_setup(precision, device.type, int8_threshold)
+    dtype_name, quant, warnings = _precision_setup(precision, device, int8_threshold)
     backend = backend_for(precision)
+    path = checkpoint_path(spec, precision, device) if backend is not None else spec.path
     if quant is not None and backend is not None:
         # Heads stay in full precision, as transformers intends; its own choice (the module of the
         # last parameter) misses heads with a bias and then leaves a freshly initialised
@@ -420,7 +422,7 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
             model = build_on_device(_spec_config(spec, task), auto_class(task, spec.kind),
                                     getattr(torch, dtype_name), device, quant, seed=seed)
         else:
-            model = auto_class(task, spec.kind).from_pretrained(str(spec.path), **kwargs)
+            model = auto_class(task, spec.kind).from_pretrained(str(path), **kwargs)
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -505,14 +507,52 @@ def warm_imports(spec: ModelSpec, task: str, precisions: list[str] | tuple[str, 
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def _precision_setup(precision: str, device_type: str, threshold: float) -> tuple[str, Any, list[str]]:
+def _precision_setup(precision: str, device: Any, threshold: float) -> tuple[str, Any, list[str]]:
     """(dtype name, quantization_config or None, warnings): plain floats here, the rest by their backend."""
     if precision in FLOAT_DTYPES:
         return FLOAT_DTYPES[precision], None, []
     backend = backend_for(precision)
     if backend is None:
         raise QtraceError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    return loader(backend).precision_setup(precision, base_dtype_name(device_type), threshold)
+    setup = loader(backend).precision_setup
+    base = base_dtype_name(getattr(device, "type", device))  # a device or its type name
+    if "device" in inspect.signature(setup).parameters:  # a backend whose kernel depends on the device
+        return setup(precision, base, threshold, device=device)
+    return setup(precision, base, threshold)
+
+
+def checkpoint_path(spec: ModelSpec, precision: str, device: Any,
+                    progress: Any = None) -> Path:
+    """The folder `precision` loads from: the model's own, or the one its backend makes by calibration."""
+    return _checkpoint(spec, precision, device, progress)[0]
+
+
+def _checkpoint(spec: ModelSpec, precision: str, device: Any, progress: Any) -> tuple[Path, dict[str, Any] | None]:
+    backend = backend_for(precision)
+    make = getattr(loader(backend), "checkpoint", None) if backend is not None else None
+    if make is None:
+        return spec.path, None
+    if spec.source == "device-init":
+        raise QtraceError(f"{precision} needs a checkpoint folder to quantize by calibration; {spec.name} is built "
+                          f"on the device at each load and has none (use a disk preset or a local folder)")
+    return make(spec.path, precision, device, cache_root(), progress)
+
+
+def prepare_checkpoints(spec: ModelSpec, precisions: list[str] | tuple[str, ...], device: Any,
+                        progress: Any = None) -> dict[str, dict[str, Any]]:
+    """Build, before any load is timed, the checkpoints that precisions need calibration for (GPTQ,
+    AWQ): precision -> facts for run.json (where from, build seconds). A precision whose build fails
+    gets {"error": ...}; its load then fails with the same message."""
+    out: dict[str, dict[str, Any]] = {}
+    for precision in precisions:
+        try:
+            _, facts = _checkpoint(spec, precision, device, progress)
+        except QtraceError as exc:
+            out[precision] = {"error": str(exc).splitlines()[0]}
+            continue
+        if facts is not None:
+            out[precision] = facts
+    return out
 
 
 def _cuda_allocated(device: Any) -> int | None:

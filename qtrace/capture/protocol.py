@@ -356,6 +356,10 @@ def module_role(name: str, module: Any, parent: Any) -> str | None:
         return "block"
     if isinstance(module, torch.nn.Linear):  # bnb Linear8bitLt and Linear4bit subclass it
         return "linear"
+    # GPTQ / AWQ linears (GPTQModel's TorchLinear, MarlinLinear, AwqTorchLinear, ...) are plain
+    # Modules holding a packed int32 `qweight`; their class is what the phase rules key on.
+    if cls.endswith("Linear") and isinstance(getattr(module, "qweight", None), torch.Tensor):
+        return "linear"
     if is_norm(module):
         return "norm"
     if cls.endswith(ATTENTION_SUFFIXES):

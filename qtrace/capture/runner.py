@@ -280,6 +280,9 @@ class _Runner:
         if self.dev.type == "cuda":
             torch.cuda.set_device(self.dev)  # CUDA events record on the current device's stream
         models.warm_imports(self.spec, self.s.task, self.precisions, self.s.trust_remote_code)
+        # GPTQ / AWQ checkpoints are made by calibration: built (or found in the cache) here, once,
+        # so that no precision's load time holds a quantization run.
+        self.checkpoints = models.prepare_checkpoints(self.spec, self.precisions, self.dev, self.say.line)
         models.free_model(None)  # a preset just built, or an earlier run, may still hold memory
         with quiet_libraries(), torch.inference_mode():
             for precision in self.precisions:
@@ -313,6 +316,8 @@ class _Runner:
 
         tag = f"[{precision}]"
         entry = _empty_entry(precision, self.dev)
+        if precision in getattr(self, "checkpoints", {}):
+            entry["checkpoint"] = self.checkpoints[precision]
         loaded = None
         try:
             self.say.line(f"{tag} loading {self.spec.name} ...")

@@ -43,6 +43,13 @@ _PALETTE = {
     "torchao.scale_apply": "#de9ed6",
     "torchao.pack": "#5254a3",
     "torchao.glue": "#b5cf6b",
+    # GPTQModel (GPTQ / AWQ): teals and olives, apart from the others
+    "gptqmodel.unpack": "#9edae5",
+    "gptqmodel.dequant": "#8c564c",
+    "gptqmodel.dequant_gemm": "#6baed6",
+    "gptqmodel.int4_gemm": "#a55194",
+    "gptqmodel.repack": "#cedb9c",
+    "gptqmodel.glue": "#e7cb94",
     "fp8.gemm": "#393b79",
     "fp4.gemm": "#6b6ecf",
     "dense.gemm": "#1f77b4",
