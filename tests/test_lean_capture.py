@@ -81,3 +81,10 @@ def test_priming_is_skipped_on_a_cpu_and_under_teardown(monkeypatch: pytest.Monk
     monkeypatch.setenv(capture.CUPTI_TEARDOWN_VAR, "1")
     assert capture.prime_cupti(None, None, FakeCuda()) is False  # every session starts a fresh CUPTI anyway
 
+
+
+def test_env_changes_name_what_an_import_set() -> None:
+    before = {"TEARDOWN_CUPTI": "1"}
+    after = {"TEARDOWN_CUPTI": "1", "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    assert api.env_changes(before, after) == {"PYTORCH_ALLOC_CONF": [None, "expandable_segments:True"]}
+    assert api.env_changes(after, after) == {}

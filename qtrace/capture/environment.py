@@ -130,9 +130,9 @@ def environment(device: Any) -> dict[str, Any]:
 # Variables that change what the timings mean (a blocking launch mode, hidden devices, thread
 # counts, allocator settings); recorded so a surprising figure can be explained afterwards.
 TIMING_ENV = ("CUDA_LAUNCH_BLOCKING", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_MODULE_LOADING",
-              "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "TORCH_SHOW_CPP_STACKTRACES",
-              "TORCH_LOGS", "TEARDOWN_CUPTI", "DISABLE_CUPTI_LAZY_REINIT", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-              "BNB_CUDA_VERSION", "HF_HUB_OFFLINE")
+              "CUDA_DEVICE_ORDER", "PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
+              "TORCH_SHOW_CPP_STACKTRACES", "TORCH_LOGS", "TEARDOWN_CUPTI", "DISABLE_CUPTI_LAZY_REINIT",
+              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BNB_CUDA_VERSION", "HF_HUB_OFFLINE")
 
 
 def timing_env() -> dict[str, str]:

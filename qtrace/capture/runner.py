@@ -283,6 +283,13 @@ class _Runner:
         # GPTQ / AWQ checkpoints are made by calibration: built (or found in the cache) here, once,
         # so that no precision's load time holds a quantization run.
         self.checkpoints = models.prepare_checkpoints(self.spec, self.precisions, self.dev, self.say.line)
+        changed = env_changes(run["environment"]["env"], qdevice.timing_env())
+        if changed:  # e.g. GPTQModel's import sets PYTORCH_ALLOC_CONF for the whole process
+            run["environment"]["env"] = qdevice.timing_env()
+            run["environment"]["env_changed_by_imports"] = changed
+            for name, (was, now) in changed.items():
+                self.say.line(f"note: a library imported for this run set {name}={now!r} (was {was!r}); "
+                              "every precision is timed with it")
         models.free_model(None)  # a preset just built, or an earlier run, may still hold memory
         with quiet_libraries(), torch.inference_mode():
             for precision in self.precisions:
@@ -443,6 +450,11 @@ class _Runner:
     def _save_traceback(self, precision: str) -> None:
         with contextlib.suppress(OSError):
             fileio.write_text(self.out / precision / "error.txt", traceback.format_exc())
+
+
+def env_changes(before: dict[str, str], after: dict[str, str]) -> dict[str, list[str | None]]:
+    """Timing-relevant variables whose value differs: name -> [before, after] (None: unset)."""
+    return {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
 
 
 def after_lean_iters(iters: int) -> int:
