@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from qtrace.analyzers.distinct import map_distinct
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, backend_for
 from qtrace.tracefile.kineto import Trace
@@ -206,7 +207,7 @@ def gpu_phases(trace: Trace) -> pd.DataFrame:
     gpu = trace.gpu.copy()
     op_rows = gpu["op"].to_numpy()
     gpu["phase"] = _classify_distinct(trace, op_rows, gpu["cat"].to_numpy(), gpu["name"].to_numpy())
-    gpu["group"] = gpu["phase"].map(group_of)
+    gpu["group"] = map_distinct(gpu["phase"], group_of)
     gpu["step"], gpu["step_name"] = _steps_for(trace, op_rows)
     cache["gpu_phases"] = gpu
     return gpu
@@ -237,7 +238,7 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     # Annotations carry no work of their own beyond Python between ops: keep them out of phases.
     phase[ops["cat"].to_numpy() != "cpu_op"] = "other"
     ops["phase"] = phase.to_numpy()
-    ops["group"] = ops["phase"].map(group_of)
+    ops["group"] = map_distinct(ops["phase"], group_of)
     child_time = ops[ops["parent"] >= 0].groupby("parent")["dur"].sum()
     ops["self_us"] = (ops["dur"] - child_time.reindex(ops.index, fill_value=0.0)).clip(lower=0.0)
     ops["step"] = ctx["step"].to_numpy()
@@ -261,7 +262,7 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     phase = pd.Series(phase, index=rt.index, dtype=object)
     phase.loc[launched["runtime"].to_numpy()] = launched["phase"].to_numpy()
     rt["phase"] = phase.to_numpy()
-    rt["group"] = rt["phase"].map(group_of)
+    rt["group"] = map_distinct(rt["phase"], group_of)
     rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
     # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
     pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False)]["runtime"]

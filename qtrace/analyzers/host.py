@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
+from qtrace.analyzers.segments import sweep_segments
 from qtrace.tracefile.kineto import Trace
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
@@ -147,49 +148,12 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     phase = np.concatenate([o["phase"].to_numpy(dtype=object), r["phase"].to_numpy(dtype=object)])
     # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
     order = np.lexsort((np.arange(len(ts)), -end, ts))
-    seg_s, seg_e, seg_p = _sweep_segments(ts[order].tolist(), end[order].tolist(), phase[order].tolist())
+    seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)
+    if not len(seg_s):  # the dtypes the sweep's empty lists gave
+        seg_s, seg_e, seg_p = [], [], []
     out = pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
     cache[key] = out
     return out
-
-
-def _sweep_segments(starts: list[float], ends: list[float], phases: list[str]) -> tuple[list, list, list]:
-    """The stack sweep behind _self_segments over events sorted by (start, longest first).
-
-    Each time the innermost open range changes, the time since the last change becomes a
-    segment labelled with the phase that was innermost (OUTSIDE_OPS when none was open).
-    """
-    seg_s: list[float] = []
-    seg_e: list[float] = []
-    seg_p: list[str] = []
-    stack_end: list[float] = []
-    stack_phase: list[str] = []
-    cursor = starts[0]
-    for ts, end, phase in zip(starts, ends, phases, strict=True):
-        while stack_end and stack_end[-1] <= ts:
-            upto = stack_end.pop()
-            p = stack_phase.pop()
-            if upto > cursor:
-                seg_s.append(cursor)
-                seg_e.append(upto)
-                seg_p.append(p)
-                cursor = upto
-        if ts > cursor:
-            seg_s.append(cursor)
-            seg_e.append(ts)
-            seg_p.append(stack_phase[-1] if stack_phase else OUTSIDE_OPS)
-            cursor = ts
-        stack_end.append(ts if ts > end else end)  # max(end, ts)
-        stack_phase.append(phase)
-    while stack_end:
-        upto = stack_end.pop()
-        p = stack_phase.pop()
-        if upto > cursor:
-            seg_s.append(cursor)
-            seg_e.append(upto)
-            seg_p.append(p)
-            cursor = upto
-    return seg_s, seg_e, seg_p
 
 
 def exposed_host_time(trace: Trace) -> pd.Series:

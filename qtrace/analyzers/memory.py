@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import op_contexts, op_phases
+from qtrace.analyzers.distinct import map_distinct
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
 from qtrace.markup import md_escape, md_table
@@ -345,7 +346,7 @@ def memory_blocks(trace: Trace, device: str | None = None) -> pd.DataFrame:
     out = ev.loc[alloc, ["device", "addr", "bytes", "ts", "phase", "kind", "op", "op_name"]].rename(
         columns={"ts": "alloc_ts"})
     out["free_ts"] = np.where(closed >= 0, ts[np.clip(closed, 0, None)], np.nan)
-    out["group"] = out["phase"].map(group_of)
+    out["group"] = map_distinct(out["phase"], group_of)
     return out[BLOCK_COLUMNS].reset_index(drop=True)
 
 
@@ -432,7 +433,7 @@ def memory_phase_table(trace: Trace, device: str | None = None) -> pd.DataFrame:
     g = g[(g["allocs"] > 0) | (g["peak_increment_bytes"] > 0)]
     g.index.name = "phase"
     g = g.reset_index()
-    g["group"] = g["phase"].map(group_of)
+    g["group"] = map_distinct(g["phase"], group_of)
     for c in PHASE_KEYS[3:]:
         g[c] = g[c].astype("int64")
     return g[PHASE_KEYS]

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
+from qtrace.analyzers.distinct import mask_distinct
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.analyzers.shapes import (
     DTYPE_KIND,
@@ -358,7 +359,8 @@ def units(trace: Trace) -> pd.DataFrame:
     agg["int_ops"] = rows_i
     # A fp32 GEMM run by a TF32 tensor-core kernel is held against a TF32 peak (none in the peak
     # table: then it has no roof), never the fp32 CUDA-core peak it can beat ("128% of roof").
-    is_tf32 = agg["kernel"].astype(str).str.contains(TF32_KERNELS, regex=True).to_numpy(dtype=bool)
+    tf32 = re.compile(TF32_KERNELS)
+    is_tf32 = mask_distinct(agg["kernel"].astype(str), lambda k: tf32.search(k) is not None)
     agg["dtype"] = ["tf32" if d == "fp32" and t else d for d, t in zip(rows_d, is_tf32, strict=True)]
     agg["link"] = rows_l
     out = agg.reset_index(drop=True)[UNIT_COLUMNS]
