@@ -125,6 +125,13 @@ def cpu_only_verdict(trace: Trace, comm_us: float) -> str:
     return line
 
 
+def _on_thread(df: pd.DataFrame, pid: str, tid: str) -> np.ndarray:
+    """Rows of `df` on thread (pid, tid), as a bool mask (object compares: no per-row pandas boxing)."""
+    if not len(df):
+        return np.zeros(0, dtype=bool)
+    return (df["pid"].to_numpy(dtype=object) == pid) & (df["tid"].to_numpy(dtype=object) == tid)
+
+
 def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     """Non-overlapping [start, end) segments of one thread labelled with the innermost op's phase.
 
@@ -139,13 +146,13 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     ops = op_phases(trace)
     rt = runtime_phases(trace)
     pid, tid = thread
-    o = ops[(ops["pid"] == pid) & (ops["tid"] == tid) & (ops["cat"] == "cpu_op")]
-    r = rt[(rt["pid"] == pid) & (rt["tid"] == tid)]
-    if not len(o) and not len(r):
+    o = _on_thread(ops, pid, tid) & (ops["cat"].to_numpy(dtype=object) == "cpu_op")
+    r = _on_thread(rt, pid, tid)
+    if not o.any() and not r.any():
         return pd.DataFrame(columns=["start", "end", "phase"])
-    ts = np.concatenate([o["ts"].to_numpy(), r["ts"].to_numpy()])
-    end = np.concatenate([o["end"].to_numpy(), r["end"].to_numpy()])
-    phase = np.concatenate([o["phase"].to_numpy(dtype=object), r["phase"].to_numpy(dtype=object)])
+    ts = np.concatenate([ops["ts"].to_numpy()[o], rt["ts"].to_numpy()[r]])
+    end = np.concatenate([ops["end"].to_numpy()[o], rt["end"].to_numpy()[r]])
+    phase = np.concatenate([ops["phase"].to_numpy(dtype=object)[o], rt["phase"].to_numpy(dtype=object)[r]])
     # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
     order = np.lexsort((np.arange(len(ts)), -end, ts))
     seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
+from qtrace.analyzers.distinct import mask_distinct
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX
 from qtrace.tracefile.kineto import Trace
 
@@ -205,7 +206,7 @@ def _steps(trace: Trace, rows: list[int]) -> tuple[list[int], list[str]]:
     ops = trace.ops
     names = ops["name"].to_numpy(dtype=object)
     parent = ops["parent"].to_numpy()
-    is_qstep = ops["name"].str.startswith("qtrace.step:", na=False).to_numpy(dtype=bool)
+    is_qstep = mask_distinct(names, lambda n: isinstance(n, str) and n.startswith("qtrace.step:"))
     qrows = np.nonzero(is_qstep)[0]
     qrows = qrows[np.argsort(ops["ts"].to_numpy(dtype=float)[qrows], kind="stable")]
     ordinal = {int(r): i for i, r in enumerate(qrows)}
