@@ -563,8 +563,13 @@ class _Columns:
                 out[c].append(arr)
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """Raw DataFrames (absolute ts, no `end` yet)."""
-        return {t: _raw_frame(_TABLE_COLUMNS[t], self.pieces[t]) for t in _TABLE_COLUMNS}
+        """Raw DataFrames (absolute ts, no `end` yet). Consumes the pieces: each column's pieces are
+        dropped as soon as its array is built, so a big trace never holds both whole."""
+        out = {}
+        for t in _TABLE_COLUMNS:
+            out[t] = _raw_frame(_TABLE_COLUMNS[t], self.pieces[t])
+            self.pieces[t] = {}
+        return out
 
 
 _COUNTED_CATS = frozenset(OTHER_DEVICE_CATS)
@@ -589,8 +594,9 @@ def _int_of(v: int | str) -> int:
     return n if _NA < n < 2**63 else _NA
 
 
-def _flat(parts: list[list]) -> list:
-    return parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
+def _objects(parts: list[list], n: int) -> np.ndarray:
+    """The pieces as one object array of `n` values, without an intermediate list of them all."""
+    return np.fromiter(itertools.chain.from_iterable(parts), dtype=object, count=n)
 
 
 def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFrame:
@@ -604,14 +610,11 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFram
                              else pd.array([], dtype="Int64") for c in columns})
     data: dict[str, Any] = {}
     for c in columns:
-        parts = pieces[c]
+        parts = pieces.pop(c)
         if c in _STR_COLS:
-            data[c] = pd.array(np.array(_flat(parts), dtype=object), dtype=str)
+            data[c] = pd.array(_objects(parts, n), dtype=str)
         elif c in ("input_dims", "input_type"):
-            flat = _flat(parts)
-            arr = np.empty(len(flat), dtype=object)
-            arr[:] = flat
-            data[c] = arr
+            data[c] = _objects(parts, n)
         elif c in ("ts", "dur"):
             data[c] = np.concatenate(parts)
         else:
