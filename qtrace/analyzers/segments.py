@@ -48,34 +48,32 @@ def sweep_segments(starts: np.ndarray, ends: np.ndarray, phases: np.ndarray,
 
 
 def _last_covering(lo: np.ndarray, hi: np.ndarray, m: int) -> np.ndarray:
-    """For each of `m` intervals, the largest event index i with lo[i] <= j < hi[i] (-1 if none)."""
-    size = 1
-    while size < m:
-        size *= 2
-    tag = np.full(2 * size, -1, dtype=np.int64)
-    idx = np.arange(len(lo), dtype=np.int64)
-    live = lo < hi
-    left, right, who = lo[live] + size, hi[live] + size, idx[live]
-    # Bottom-up decomposition of each [left, right) into tree nodes; a node's tag is the max index.
+    """For each of `m` intervals, the largest event index i with lo[i] <= j < hi[i] (-1 if none).
+
+    An iterative segment tree of 2m nodes (any m: max is commutative): each [lo, hi) tags the
+    O(log m) nodes that cover it, bottom-up; a leaf's answer is the max tag on its path to the root.
+    """
+    tag = np.full(2 * m, -1, dtype=np.int32 if len(lo) < 2**31 else np.int64)
+    live = np.flatnonzero(lo < hi)
+    left, right, who = lo[live] + m, hi[live] + m, live.astype(tag.dtype)
+    del live
     while len(who):
         odd = (left & 1).astype(bool)
         np.maximum.at(tag, left[odd], who[odd])
-        left = left + odd
+        left += odd
         odd = (right & 1).astype(bool)
-        right = right - odd
+        right -= odd
         np.maximum.at(tag, right[odd], who[odd])
         left >>= 1
         right >>= 1
         go = left < right
         left, right, who = left[go], right[go], who[go]
-    # Push the tags down: a leaf's answer is the max over its ancestors.
-    level = 1
-    while level < size:
-        nodes = np.arange(level, 2 * level)
-        tag[2 * nodes] = np.maximum(tag[2 * nodes], tag[nodes])
-        tag[2 * nodes + 1] = np.maximum(tag[2 * nodes + 1], tag[nodes])
-        level *= 2
-    return tag[size:size + m]
+    out = tag[m:].astype(np.int64)
+    node = np.arange(m, 2 * m, dtype=np.int64) >> 1
+    while node[0] >= 1 or node[-1] >= 1:
+        np.maximum(out, tag[node], out=out)
+        node >>= 1
+    return out
 
 
 def sweep_segments_loop(starts: list[float], ends: list[float], phases: list[str],
