@@ -155,11 +155,11 @@ print(len(d["traceEvents"]), "events", file=sys.stderr)
 """
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], cwd: Path = REPO) -> dict:
     """Run `cmd` in a fresh child; its wall time, peak RSS (wait4: this child only) and exit status."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds; each round runs every tool once, the order alternating between rounds, so a "
                          "slow spell of a shared machine hits all tools alike; medians and min-max are printed")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a folder holding another copy of the qtrace package (e.g. `git archive` of an older "
+                         "commit): timed as 'baseline' in the same rounds, for a before/after on one machine")
     ap.add_argument("--hta-max-mb", type=float, default=HTA_MAX_MB,
                     help="do not run HTA on a trace larger than this (its memory grows ~5x the file size)")
     args = ap.parse_args(argv)
@@ -255,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs; {_versions()}")
     print(f"trace: {out} ({size_mb:.0f} MB on disk)")
     chosen = {n: c for n, c in commands(out).items() if not args.only or n in args.only}
+    cwd = {n: REPO for n in chosen}
+    if args.baseline is not None:  # `python -m qtrace` from that folder imports its copy first
+        chosen["baseline"] = commands(out)["qtrace"]
+        cwd["baseline"] = args.baseline.resolve()
     if "hta" in chosen and size_mb > args.hta_max_mb:
         print(f"hta: not run on a {size_mb:.0f} MB trace (above --hta-max-mb {args.hta_max_mb:.0f}; it would need "
               f"about {5 * size_mb / 1000:.0f} GB of memory): qtrace is reported alone")
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(chosen)
     for r in range(max(1, args.repeat)):
         for name in (names if r % 2 == 0 else names[::-1]):
-            m = measure(chosen[name])
+            m = measure(chosen[name], cwd[name])
             runs[name].append(m)
             print(f"  round {r + 1}: {name:10s} wall {m['wall_s']:6.2f} s  CPU {m['cpu_s']:6.2f} s  "
                   f"peak RSS {m['peak_rss_mb']:5.0f} MB  load {os.getloadavg()[0]:.1f}"
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1 min) over the rounds: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs"
           + ("; other work competed: CPU seconds are the steadier figure" if max(loads) > 1.5 else ""))
     q = runs.get("qtrace")
-    for other, goal in (("hta", " (goal: >= 10x faster, <= 0.25x its memory)"), ("json.load", "")):
+    for other, goal in (("hta", " (goal: >= 10x faster, <= 0.25x its memory)"), ("json.load", ""), ("baseline", "")):
         o = runs.get(other)
         if not (q and o and ok["qtrace"] and ok[other]):
             continue
