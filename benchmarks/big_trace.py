@@ -17,14 +17,17 @@ Then it runs, one after the other, each in a fresh subprocess on this machine:
 - HTA: ``TraceAnalysis(trace_dir=..., trace_files={0: name})`` + ``get_gpu_kernel_breakdown(visualize=False)``,
 - plain ``json.load`` of the same file, as a reference point,
 
-and prints wall time and peak RSS (``os.wait4`` rusage of that child alone) of each, and the
-ratios HTA/qtrace. It is a benchmark that prints figures, not a test.
+and prints wall time, CPU time and peak RSS (``os.wait4`` rusage of that child alone) of each
+over ``--repeat`` rounds (median, min and max; the order of the tools alternates between rounds,
+so a slow spell of a shared machine hits them alike), the load average during the rounds, and the
+ratios HTA/qtrace per round. It is a benchmark that prints figures, not a test.
 
 Usage::
 
-    python benchmarks/big_trace.py                      # build /tmp/qtrace-bench/big_int8_trace.json, run all
+    python benchmarks/big_trace.py                      # ~400 MB under /tmp/qtrace-bench, 3 rounds of all three
     python benchmarks/big_trace.py --target-mb 100      # a smaller trace
-    python benchmarks/big_trace.py --only qtrace --repeat 3
+    python benchmarks/big_trace.py --target-mb 2000 --only qtrace   # the 2 GB case (HTA is skipped above 1 GB)
+    python benchmarks/big_trace.py --only qtrace --repeat 5
     python benchmarks/big_trace.py --build-only --out /tmp/big.json
 """
 
@@ -152,11 +155,11 @@ print(len(d["traceEvents"]), "events", file=sys.stderr)
 """
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], cwd: Path = REPO) -> dict:
     """Run `cmd` in a fresh child; its wall time, peak RSS (wait4: this child only) and exit status."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -176,22 +179,63 @@ def commands(path: Path) -> dict[str, list[str]]:
     }
 
 
+def _versions() -> str:
+    """Versions of what is measured (read in a child would cost a second; importlib.metadata is enough)."""
+    from importlib import metadata
+
+    out = [f"python {sys.version.split()[0]}"]
+    for dist in ("msgspec", "numpy", "pandas", "HolisticTraceAnalysis"):
+        try:
+            out.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{dist} (not installed)")
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if rev.returncode == 0:
+        out.append(f"qtrace @ {rev.stdout.strip()}")
+    return ", ".join(out)
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+
+
+def _spread(xs: list[float], unit: str, fmt: str = "{:.2f}") -> str:
+    """'median (min-max, n rounds)' of a figure over the rounds."""
+    if len(xs) == 1:
+        return f"{fmt.format(xs[0])} {unit}"
+    return f"{fmt.format(_median(xs))} {unit} (min {fmt.format(min(xs))}, max {fmt.format(max(xs))})"
+
+
+# HTA holds about 5 bytes of memory per byte of trace (2.07 GB on 383 MB): above this size it is
+# not run unless asked (--hta-max-mb), and qtrace is reported alone.
+HTA_MAX_MB = 1000.0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", type=Path, default=SOURCE, help="real Kineto trace whose passes are repeated")
-    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "qtrace-bench" / "big_int8_trace.json",
-                    help="where to write the big trace (default under /tmp; never the repo)")
-    ap.add_argument("--target-mb", type=float, default=400.0, help="approximate size of the big trace")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where to write the big trace (default under /tmp, named by its size; never the repo)")
+    ap.add_argument("--target-mb", type=float, default=400.0,
+                    help="approximate size of the big trace (2000: the 2 GB case, qtrace alone unless --hta-max-mb)")
     ap.add_argument("--gz", action="store_true", help="write it gzipped (.json.gz)")
     ap.add_argument("--reuse", action="store_true", help="reuse --out if it exists instead of rebuilding")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--only", choices=["qtrace", "hta", "json.load"], action="append",
                     help="run only these (repeatable); default all three")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="rounds (one run per tool each); the best wall and CPU time and the highest peak RSS are kept")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds; each round runs every tool once, the order alternating between rounds, so a "
+                         "slow spell of a shared machine hits all tools alike; medians and min-max are printed")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a folder holding another copy of the qtrace package (e.g. `git archive` of an older "
+                         "commit): timed as 'baseline' in the same rounds, for a before/after on one machine")
+    ap.add_argument("--hta-max-mb", type=float, default=HTA_MAX_MB,
+                    help="do not run HTA on a trace larger than this (its memory grows ~5x the file size)")
     args = ap.parse_args(argv)
 
-    out = args.out
+    out = args.out or Path(tempfile.gettempdir()) / "qtrace-bench" / f"big_int8_trace_{int(args.target_mb)}mb.json"
     if args.gz and not out.name.endswith(".gz"):
         out = out.with_name(out.name + ".gz")
     if args.reuse and out.exists():
@@ -210,37 +254,54 @@ def main(argv: list[str] | None = None) -> int:
                "--target-mb", str(args.target_mb)] + (["--gz"] if args.gz else [])
         subprocess.run(cmd, check=True)
 
-    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    results: dict[str, dict] = {}
+    size_mb = out.stat().st_size / 1e6
+    print(f"machine: {os.cpu_count()} CPUs; {_versions()}")
+    print(f"trace: {out} ({size_mb:.0f} MB on disk)")
     chosen = {n: c for n, c in commands(out).items() if not args.only or n in args.only}
+    cwd = {n: REPO for n in chosen}
+    if args.baseline is not None:  # `python -m qtrace` from that folder imports its copy first
+        chosen["baseline"] = commands(out)["qtrace"]
+        cwd["baseline"] = args.baseline.resolve()
+    if "hta" in chosen and size_mb > args.hta_max_mb:
+        print(f"hta: not run on a {size_mb:.0f} MB trace (above --hta-max-mb {args.hta_max_mb:.0f}; it would need "
+              f"about {5 * size_mb / 1000:.0f} GB of memory): qtrace is reported alone")
+        del chosen["hta"]
     runs: dict[str, list[dict]] = {n: [] for n in chosen}
-    # Rounds of one run per tool: a slow spell of a shared machine then hits every tool alike.
+    loads = [os.getloadavg()[0]]
+    names = list(chosen)
     for r in range(max(1, args.repeat)):
-        for name, cmd in chosen.items():
-            runs[name].append(measure(cmd))
-            m = runs[name][-1]
-            if args.repeat > 1:
-                print(f"  round {r + 1}: {name:10s} wall {m['wall_s']:6.2f} s  CPU {m['cpu_s']:6.2f} s  "
-                      f"peak RSS {m['peak_rss_mb']:5.0f} MB", flush=True)
+        for name in (names if r % 2 == 0 else names[::-1]):
+            m = measure(chosen[name], cwd[name])
+            runs[name].append(m)
+            print(f"  round {r + 1}: {name:10s} wall {m['wall_s']:6.2f} s  CPU {m['cpu_s']:6.2f} s  "
+                  f"peak RSS {m['peak_rss_mb']:5.0f} MB  load {os.getloadavg()[0]:.1f}"
+                  + ("" if m["rc"] == 0 else f"  FAILED rc={m['rc']}: {m['stderr_tail']}"), flush=True)
+            loads.append(os.getloadavg()[0])
+    ok = {n: all(m["rc"] == 0 for m in rs) for n, rs in runs.items()}
     for name, rs in runs.items():
-        best = dict(min(rs, key=lambda m: m["wall_s"]))
-        best["cpu_s"] = min(m["cpu_s"] for m in rs)
-        best["peak_rss_mb"] = max(m["peak_rss_mb"] for m in rs)
-        results[name] = best
-        status = "ok" if all(m["rc"] == 0 for m in rs) else f"FAILED rc={best['rc']}: {best['stderr_tail']}"
-        print(f"{name:10s} wall {best['wall_s']:7.2f} s   CPU {best['cpu_s']:7.2f} s   "
-              f"peak RSS {best['peak_rss_mb']:7.0f} MB   {status}  (best of {len(rs)})", flush=True)
-    if os.getloadavg()[0] > 1.5:
-        print(f"note: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: other work competed; "
-              "CPU seconds are the steadier figure")
-    q = results.get("qtrace")
-    for other, goal in (("hta", " (goal >= 5x faster, <= 0.5x memory)"), ("json.load", "")):
-        o = results.get(other)
-        if q and o and q["rc"] == 0 and o["rc"] == 0:
-            print(f"qtrace vs {other}: {o['wall_s'] / q['wall_s']:.1f}x faster by wall time, "
-                  f"{o['cpu_s'] / q['cpu_s']:.1f}x by CPU time, {q['peak_rss_mb'] / o['peak_rss_mb']:.2f}x its "
-                  f"peak memory{goal}")
-    return 0 if all(r["rc"] == 0 for r in results.values()) else 1
+        status = "ok" if ok[name] else "FAILED"
+        print(f"{name:10s} wall {_spread([m['wall_s'] for m in rs], 's')}   "
+              f"CPU {_spread([m['cpu_s'] for m in rs], 's')}   "
+              f"peak RSS {_spread([m['peak_rss_mb'] for m in rs], 'MB', '{:.0f}')}   {status}  ({len(rs)} rounds)",
+              flush=True)
+    print(f"load average (1 min) over the rounds: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs"
+          + ("; other work competed: CPU seconds are the steadier figure" if max(loads) > 1.5 else ""))
+    q = runs.get("qtrace")
+    for other, goal in (("hta", " (goal: >= 10x faster, <= 0.25x its memory)"), ("json.load", ""), ("baseline", "")):
+        o = runs.get(other)
+        if not (q and o and ok["qtrace"] and ok[other]):
+            continue
+        pairs = list(zip(q, o, strict=True))
+        wall = [b["wall_s"] / a["wall_s"] for a, b in pairs]
+        cpu = [b["cpu_s"] / a["cpu_s"] for a, b in pairs]
+        mem = max(a["peak_rss_mb"] for a in q) / max(b["peak_rss_mb"] for b in o)
+        print(f"qtrace vs {other}: {_spread(wall, 'x faster by wall time', '{:.1f}')} (per round), "
+              f"{_spread(cpu, 'x by CPU time', '{:.1f}')}, {mem:.2f}x its peak memory{goal}")
+    if q and ok["qtrace"] and size_mb >= 1500:
+        peak = max(m["peak_rss_mb"] for m in q)
+        print(f"qtrace on {size_mb / 1000:.1f} GB: peak RSS {peak / 1000:.2f} GB (goal: under 1.5 GB) -> "
+              + ("met" if peak < 1500 else "NOT met"))
+    return 0 if all(ok.values()) else 1
 
 
 if __name__ == "__main__":

@@ -48,3 +48,41 @@ def test_random_traces(tmp_path, seed, n):
     except TraceFormatError:
         return
     assert_same_analysis(trace)
+
+
+_times = st.one_of(st.integers(0, 30).map(float), st.floats(0, 30, allow_nan=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.tuples(_times, st.one_of(st.just(0.0), _times), st.sampled_from("abc")), max_size=40))
+def test_vectorized_segments_match_the_sweep(events):
+    """The segment-tree labelling gives the stack sweep's segments, partial overlaps and ties included."""
+    import numpy as np
+
+    from qtrace.analyzers.segments import sweep_segments, sweep_segments_loop
+
+    ts = np.array([e[0] for e in events], dtype=float)
+    end = ts + np.array([e[1] for e in events], dtype=float)
+    phase = np.array([e[2] for e in events], dtype=object)
+    order = np.lexsort((np.arange(len(ts)), -end, ts))
+    loop = sweep_segments_loop(ts[order].tolist(), end[order].tolist(), phase[order].tolist())
+    vec = sweep_segments(ts[order], end[order], phase[order])
+    assert [list(x) for x in loop] == [v.tolist() for v in vec]
+
+
+@given(values=st.lists(st.one_of(st.sampled_from(["a", "b", "tf32_x", ""]), st.none(), st.just(float("nan"))),
+                       max_size=30))
+def test_distinct_helpers_match_plain_loops(values):
+    import numpy as np
+
+    from qtrace.analyzers.distinct import map_distinct, mask_distinct
+
+    def fn(v):
+        return f"<{v}>"
+
+    def pred(v):
+        return isinstance(v, str) and "tf32" in v
+
+    arr = np.array(values, dtype=object)
+    assert map_distinct(arr, fn).tolist() == [fn(v) for v in values]
+    assert mask_distinct(pd.Series(arr, dtype=object), pred).tolist() == [pred(v) for v in values]

@@ -108,3 +108,23 @@ def test_random_traces_same_tables(tmp_path, seed, n, style, gz, chunk):
         return
     assert_same(ref, qt.load_trace(path, chunk_bytes=chunk))
     assert_same(ref, qt.load_trace(path, stream=False))
+
+
+_ends = st.one_of(st.integers(0, 20).map(float), st.floats(0, 20, allow_nan=False),
+                  st.integers(0, 20).map(lambda x: x + 0.0005))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ends=st.lists(_ends, min_size=1, max_size=50), cuts=st.lists(st.integers(0, 50), max_size=3))
+def test_vectorized_parents_match_the_stack_sweep(ends, cuts):
+    """The segment-tree "previous range ending late enough" gives the stack sweep's parents, threads apart."""
+    import numpy as np
+
+    from qtrace.tracefile.nesting import parents, parents_loop
+
+    n = len(ends)
+    bounds = sorted({0, n, *(c for c in cuts if c <= n)})
+    group_start = np.zeros(n, dtype=np.int64)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        group_start[lo:hi] = lo
+    assert parents(np.array(ends), group_start, qt._EPS).tolist() == parents_loop(ends, bounds, qt._EPS)

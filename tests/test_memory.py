@@ -13,6 +13,8 @@ from pathlib import Path
 import msgspec
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qtrace.analyzers import memory
 from qtrace.analyzers.trace_analysis import analyze_trace
@@ -374,3 +376,17 @@ def test_cpu_tiny_nf4(cpu_traces):
     assert set(deq["bytes"]) == {2 * k * n for k, n in _linear_shapes()}
     phases = {p["phase"]: p for p in memory.memory_section(t, None)["phases"]}
     assert phases["nf4.dequant"]["peak_increment_bytes"] >= 2 * TINY["hidden_size"] * TINY["intermediate_size"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 5, 7, -5, -7])), max_size=60))
+def test_vectorized_block_matching_matches_the_stack(events):
+    """Frees pair with allocations exactly as the per-address stack pairs them, unknown frees included."""
+    import numpy as np
+
+    from qtrace.analyzers.memory import _match_blocks, _match_blocks_loop
+
+    addr = np.array([a for a, _ in events], dtype=np.int64)
+    nbytes = np.array([b for _, b in events], dtype=np.int64)
+    loop, vec = _match_blocks_loop(addr, nbytes), _match_blocks(addr, nbytes)
+    assert loop[0].tolist() == vec[0].tolist() and loop[1].tolist() == vec[1].tolist() and loop[2] == vec[2]

@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from qtrace.analyzers.distinct import map_distinct
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, backend_for
 from qtrace.tracefile.kineto import Trace
@@ -203,10 +204,10 @@ def gpu_phases(trace: Trace) -> pd.DataFrame:
     cache = _cache(trace)
     if "gpu_phases" in cache:
         return cache["gpu_phases"]
-    gpu = trace.gpu.copy()
+    gpu = trace.gpu.copy(deep=False)  # new columns only (copy-on-write)
     op_rows = gpu["op"].to_numpy()
     gpu["phase"] = _classify_distinct(trace, op_rows, gpu["cat"].to_numpy(), gpu["name"].to_numpy())
-    gpu["group"] = gpu["phase"].map(group_of)
+    gpu["group"] = map_distinct(gpu["phase"], group_of)
     gpu["step"], gpu["step_name"] = _steps_for(trace, op_rows)
     cache["gpu_phases"] = gpu
     return gpu
@@ -222,8 +223,7 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     cache = _cache(trace)
     if "op_phases" in cache:
         return cache["op_phases"]
-    ops = trace.ops.copy()
-    ctx = op_contexts(trace)
+    ops = trace.ops.copy(deep=False)  # new columns only (copy-on-write)
     # classify() is row by row: classify each distinct context once, then spread it over the ops.
     table, ctx_of = _context_table(trace)
     distinct = table.copy()
@@ -237,11 +237,11 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     # Annotations carry no work of their own beyond Python between ops: keep them out of phases.
     phase[ops["cat"].to_numpy() != "cpu_op"] = "other"
     ops["phase"] = phase.to_numpy()
-    ops["group"] = ops["phase"].map(group_of)
+    ops["group"] = map_distinct(ops["phase"], group_of)
     child_time = ops[ops["parent"] >= 0].groupby("parent")["dur"].sum()
     ops["self_us"] = (ops["dur"] - child_time.reindex(ops.index, fill_value=0.0)).clip(lower=0.0)
-    ops["step"] = ctx["step"].to_numpy()
-    ops["step_name"] = ctx["step_name"].to_numpy()
+    ops["step"] = table["step"].to_numpy()[ctx_of]
+    ops["step_name"] = table["step_name"].to_numpy(dtype=object)[ctx_of]
     cache["op_phases"] = ops
     return ops
 
@@ -251,7 +251,7 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     cache = _cache(trace)
     if "runtime_phases" in cache:
         return cache["runtime_phases"]
-    rt = trace.runtime.copy()
+    rt = trace.runtime.copy(deep=False)  # new columns only (copy-on-write)
     ops = op_phases(trace)
     op_phase = ops["phase"].to_numpy()
     rt_op = rt["op"].to_numpy()
@@ -261,7 +261,7 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     phase = pd.Series(phase, index=rt.index, dtype=object)
     phase.loc[launched["runtime"].to_numpy()] = launched["phase"].to_numpy()
     rt["phase"] = phase.to_numpy()
-    rt["group"] = rt["phase"].map(group_of)
+    rt["group"] = map_distinct(rt["phase"], group_of)
     rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
     # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
     pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False)]["runtime"]
@@ -276,13 +276,15 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
 
 def _contexts_for(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     """Op contexts for each row of `op_rows` (-1 = no enclosing op: an empty context)."""
-    ctx = op_contexts(trace)
     cols = ["quant_op", "below_quant_op", "module", "weight", "ops", "step", "step_name"]
-    if len(ctx) == 0:
+    if len(trace.ops) == 0:
         return pd.DataFrame({c: ([-1] if c == "step" else [""]) * len(op_rows) for c in cols})
-    picked = ctx.iloc[np.clip(op_rows, 0, None)][cols].reset_index(drop=True)
-    missing = op_rows < 0
-    if missing.any():
-        picked.loc[missing, ["quant_op", "below_quant_op", "module", "weight", "ops", "step_name"]] = ""
-        picked.loc[missing, "step"] = -1
-    return picked
+    # Row 0 of the context table is the empty context: what an event outside any op gets.
+    table, _ = _context_table(trace)
+    return table.iloc[_context_rows(trace, op_rows)][cols].reset_index(drop=True)
+
+
+def context_column(trace: Trace, column: str, op_rows: np.ndarray) -> np.ndarray:
+    """One column of `op_contexts` at `op_rows` (all >= 0), without building the per-op frame."""
+    table, ctx_of = _context_table(trace)
+    return table[column].to_numpy(dtype=object if column != "step" else None)[ctx_of[op_rows]]

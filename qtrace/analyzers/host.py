@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
+from qtrace.analyzers.segments import sweep_segments
 from qtrace.tracefile.kineto import Trace
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
@@ -124,6 +125,13 @@ def cpu_only_verdict(trace: Trace, comm_us: float) -> str:
     return line
 
 
+def _on_thread(df: pd.DataFrame, pid: str, tid: str) -> np.ndarray:
+    """Rows of `df` on thread (pid, tid), as a bool mask (object compares: no per-row pandas boxing)."""
+    if not len(df):
+        return np.zeros(0, dtype=bool)
+    return (df["pid"].to_numpy(dtype=object) == pid) & (df["tid"].to_numpy(dtype=object) == tid)
+
+
 def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     """Non-overlapping [start, end) segments of one thread labelled with the innermost op's phase.
 
@@ -138,58 +146,21 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     ops = op_phases(trace)
     rt = runtime_phases(trace)
     pid, tid = thread
-    o = ops[(ops["pid"] == pid) & (ops["tid"] == tid) & (ops["cat"] == "cpu_op")]
-    r = rt[(rt["pid"] == pid) & (rt["tid"] == tid)]
-    if not len(o) and not len(r):
+    o = _on_thread(ops, pid, tid) & (ops["cat"].to_numpy(dtype=object) == "cpu_op")
+    r = _on_thread(rt, pid, tid)
+    if not o.any() and not r.any():
         return pd.DataFrame(columns=["start", "end", "phase"])
-    ts = np.concatenate([o["ts"].to_numpy(), r["ts"].to_numpy()])
-    end = np.concatenate([o["end"].to_numpy(), r["end"].to_numpy()])
-    phase = np.concatenate([o["phase"].to_numpy(dtype=object), r["phase"].to_numpy(dtype=object)])
+    ts = np.concatenate([ops["ts"].to_numpy()[o], rt["ts"].to_numpy()[r]])
+    end = np.concatenate([ops["end"].to_numpy()[o], rt["end"].to_numpy()[r]])
+    phase = np.concatenate([ops["phase"].to_numpy(dtype=object)[o], rt["phase"].to_numpy(dtype=object)[r]])
     # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
     order = np.lexsort((np.arange(len(ts)), -end, ts))
-    seg_s, seg_e, seg_p = _sweep_segments(ts[order].tolist(), end[order].tolist(), phase[order].tolist())
+    seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)
+    if not len(seg_s):  # the dtypes the sweep's empty lists gave
+        seg_s, seg_e, seg_p = [], [], []
     out = pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
     cache[key] = out
     return out
-
-
-def _sweep_segments(starts: list[float], ends: list[float], phases: list[str]) -> tuple[list, list, list]:
-    """The stack sweep behind _self_segments over events sorted by (start, longest first).
-
-    Each time the innermost open range changes, the time since the last change becomes a
-    segment labelled with the phase that was innermost (OUTSIDE_OPS when none was open).
-    """
-    seg_s: list[float] = []
-    seg_e: list[float] = []
-    seg_p: list[str] = []
-    stack_end: list[float] = []
-    stack_phase: list[str] = []
-    cursor = starts[0]
-    for ts, end, phase in zip(starts, ends, phases, strict=True):
-        while stack_end and stack_end[-1] <= ts:
-            upto = stack_end.pop()
-            p = stack_phase.pop()
-            if upto > cursor:
-                seg_s.append(cursor)
-                seg_e.append(upto)
-                seg_p.append(p)
-                cursor = upto
-        if ts > cursor:
-            seg_s.append(cursor)
-            seg_e.append(ts)
-            seg_p.append(stack_phase[-1] if stack_phase else OUTSIDE_OPS)
-            cursor = ts
-        stack_end.append(ts if ts > end else end)  # max(end, ts)
-        stack_phase.append(phase)
-    while stack_end:
-        upto = stack_end.pop()
-        p = stack_phase.pop()
-        if upto > cursor:
-            seg_s.append(cursor)
-            seg_e.append(upto)
-            seg_p.append(p)
-            cursor = upto
-    return seg_s, seg_e, seg_p
 
 
 def exposed_host_time(trace: Trace) -> pd.Series:
@@ -215,7 +186,12 @@ def exposed_host_time(trace: Trace) -> pd.Series:
     s = np.clip(segs["start"].to_numpy(dtype=float), lo, hi)
     e = np.clip(segs["end"].to_numpy(dtype=float), lo, hi)
     overlap = np.interp(e, xs, idle_cum) - np.interp(s, xs, idle_cum)
-    exposed = pd.Series(overlap, index=segs["phase"].to_numpy()).groupby(level=0).sum()
+    # Summed by integer codes of the phases (an index of a million strings costs ~100 MB), in the
+    # same order within each phase, then sorted by phase as grouping by the names sorts them.
+    codes, names = pd.factorize(segs["phase"].to_numpy(dtype=object))
+    sums = pd.Series(overlap).groupby(codes).sum()
+    exposed = pd.Series(sums.to_numpy(), index=pd.Index(np.asarray(names, dtype=object)[sums.index.to_numpy()],
+                                                        dtype=object)).sort_index()
     uncovered = float(idle_cum[-1]) - float(exposed.sum())
     exposed[OUTSIDE_OPS] = exposed.get(OUTSIDE_OPS, 0.0) + max(uncovered, 0.0)
     return exposed.clip(lower=0.0)

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qtrace.analyzers.attribution import op_contexts, op_phases
+from qtrace.analyzers.attribution import context_column, op_phases
+from qtrace.analyzers.distinct import map_distinct
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
 from qtrace.markup import md_escape, md_table
@@ -126,19 +127,22 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     if not has.any():
         return out
     ops = op_phases(trace)
-    ctx = op_contexts(trace)
     rows = op_rows[has]
     phase = ops["phase"].to_numpy(dtype=object)
     quant_op = _quant_op_rows(trace, rows)
     quant_op_phase = np.where(quant_op >= 0, phase[np.clip(quant_op, 0, None)], "")
-    keys = pd.DataFrame({"phase": phase[rows], "ops": ctx["ops"].to_numpy(dtype=object)[rows],
-                         "quant_op_phase": quant_op_phase})
-    kinds = {k: _kind_of(*k) for k in keys.drop_duplicates().itertuples(index=False, name=None)}
+    cols = [phase[rows], context_column(trace, "ops", rows), quant_op_phase]
+    # The kind of each distinct (phase, ops, quant op phase), spread over the events by integer codes.
+    combo = np.zeros(len(rows), dtype=np.int64)
+    for col in cols:
+        codes, uniq = pd.factorize(col, use_na_sentinel=False)
+        combo = combo * max(len(uniq), 1) + codes
+    _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+    kind_of = np.empty(len(first), dtype=object)
+    kind_of[:] = [_kind_of(cols[0][i], cols[1][i], cols[2][i]) for i in first.tolist()]
     out.loc[has, "op_name"] = ops["name"].to_numpy(dtype=object)[rows]
-    out.loc[has, "phase"] = keys["phase"].to_numpy()
-    # Plain lists: iterating the frame row by row boxes every value (seconds on a 400 MB trace).
-    out.loc[has, "kind"] = [kinds[k] for k in zip(keys["phase"].tolist(), keys["ops"].tolist(),
-                                                   keys["quant_op_phase"].tolist(), strict=True)]
+    out.loc[has, "phase"] = cols[0]
+    out.loc[has, "kind"] = kind_of[inverse.ravel()]
     return out
 
 
@@ -217,7 +221,51 @@ def _match_blocks(addr: np.ndarray, nbytes: np.ndarray) -> tuple[np.ndarray, np.
 
     A free closes the most recent open block at its address: the caching allocator hands an
     address out again only after it was freed, so at most one block is open there in practice.
+    Vectorized: per address, the number of open blocks is a walk (+1 alloc, -1 free) held at 0
+    by frees of unknown blocks; a free at depth d closes the last alloc that took the depth to d,
+    which is the event just before it among that address's events at level d. `_match_blocks_loop`
+    is the per-event stack it replaces (tests/test_memory.py holds the two to the same answer).
     """
+    n = len(nbytes)
+    closed_by = np.full(n, -1, dtype=np.int64)
+    unknown_free = np.zeros(n, dtype=bool)
+    nbytes = np.asarray(nbytes, dtype=np.int64)
+    ev = np.flatnonzero(nbytes != 0)
+    if not len(ev):
+        return closed_by, unknown_free, 0
+    a = np.asarray(addr, dtype=np.int64)[ev]
+    order = np.lexsort((ev, a))
+    pos = ev[order]
+    step = np.where(nbytes[pos] > 0, 1, -1).astype(np.int64)
+    new_group = np.r_[True, a[order][1:] != a[order][:-1]]
+    group = np.cumsum(new_group) - 1
+    total = np.cumsum(step)
+    base = (total - step)[new_group]  # the running sum just before each address's first event
+    walk = total - base[group]  # per-address running sum
+    big = 2 * (len(pos) + 1)
+    low = np.minimum.accumulate(walk - group * big) + group * big  # per-address running minimum
+    depth = walk - np.minimum(low, 0)  # open blocks after each event (held at 0)
+    before = np.r_[0, depth[:-1]]
+    before[new_group] = 0  # open blocks before each event
+    free = step < 0
+    unknown = free & (before == 0)
+    unknown_free[pos[unknown]] = True
+    level = np.where(free, before, depth)  # the depth an alloc opens, or a free closes
+    paired = ~unknown
+    k = np.flatnonzero(paired)
+    k = k[np.lexsort((pos[k], level[k], group[k]))]
+    is_free = free[k]
+    if is_free[:1].any():  # cannot happen: a level's first event is the alloc that opened it
+        raise AssertionError("free before its allocation")
+    at = np.flatnonzero(is_free)
+    frees, allocs = pos[k[at]], pos[k[at - 1]]
+    closed_by[allocs] = frees
+    mismatches = int((nbytes[allocs] != -nbytes[frees]).sum())
+    return closed_by, unknown_free, mismatches
+
+
+def _match_blocks_loop(addr: np.ndarray, nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The per-event stack per address that `_match_blocks` gives the answer of."""
     n = len(nbytes)
     closed_by = np.full(n, -1, dtype=np.int64)
     unknown_free = np.zeros(n, dtype=bool)
@@ -345,7 +393,7 @@ def memory_blocks(trace: Trace, device: str | None = None) -> pd.DataFrame:
     out = ev.loc[alloc, ["device", "addr", "bytes", "ts", "phase", "kind", "op", "op_name"]].rename(
         columns={"ts": "alloc_ts"})
     out["free_ts"] = np.where(closed >= 0, ts[np.clip(closed, 0, None)], np.nan)
-    out["group"] = out["phase"].map(group_of)
+    out["group"] = map_distinct(out["phase"], group_of)
     return out[BLOCK_COLUMNS].reset_index(drop=True)
 
 
@@ -432,7 +480,7 @@ def memory_phase_table(trace: Trace, device: str | None = None) -> pd.DataFrame:
     g = g[(g["allocs"] > 0) | (g["peak_increment_bytes"] > 0)]
     g.index.name = "phase"
     g = g.reset_index()
-    g["group"] = g["phase"].map(group_of)
+    g["group"] = map_distinct(g["phase"], group_of)
     for c in PHASE_KEYS[3:]:
         g[c] = g[c].astype("int64")
     return g[PHASE_KEYS]

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
+from qtrace.analyzers.distinct import mask_distinct
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.analyzers.shapes import (
     DTYPE_KIND,
@@ -303,7 +304,7 @@ def units(trace: Trace) -> pd.DataFrame:
     kind = gpu["cat"].to_numpy(dtype=object)
     kname = gpu["name"].to_numpy(dtype=object)
     is_copy = np.isin(kind, ["gpu_memcpy", "gpu_memset"])
-    is_quant_op = np.array([isinstance(n, str) and n.startswith(OP_PREFIXES) for n in op_name], dtype=bool)
+    is_quant_op = mask_distinct(op_name, lambda n: isinstance(n, str) and n.startswith(OP_PREFIXES))
     context_col = _backend_context(trace, op_rows, op_name, has_op)
     raw_bytes = gpu["bytes"].to_numpy(dtype=object) if "bytes" in gpu else np.full(len(gpu), None, dtype=object)
     keys = pd.DataFrame({
@@ -321,7 +322,10 @@ def units(trace: Trace) -> pd.DataFrame:
     works: dict[int, Work | None] = {}
     for g, row in first.items():
         works[int(g)] = _estimate(keys.iloc[int(row)])
-    model = np.array([(works[g].model if works[g] else None) for g in gid], dtype=object)
+    n_groups = len(works)
+    model_of = np.empty(n_groups, dtype=object)
+    model_of[:] = [(works[g].model if works[g] else None) for g in range(n_groups)]
+    model = model_of[gid]
     ev = pd.DataFrame({
         "op": op_rows, "model": model, "kernel": kname, "phase": gpu["phase"].to_numpy(dtype=object),
         "kind": kind, "dur": gpu["dur"].to_numpy(dtype=float), "gid": gid, "step": gpu["step"].to_numpy(),
@@ -336,7 +340,10 @@ def units(trace: Trace) -> pd.DataFrame:
                       kind=("kind", "first"), events=("dur", "size"), gpu_us=("dur", "sum"), gid=("gid", "first"),
                       step=("step", "first"), model=("model", "first"))
     # Per-event work (copies) sums over the unit's events; op-level work counts once.
-    ev["ev_bytes"] = [works[g].bytes if works[g] is not None and works[g].per_event else np.nan for g in ev["gid"]]
+    ev_bytes_of = np.empty(n_groups, dtype=object)
+    ev_bytes_of[:] = [works[g].bytes if works[g] is not None and works[g].per_event else np.nan
+                      for g in range(n_groups)]
+    ev["ev_bytes"] = ev_bytes_of[ev["gid"].to_numpy()].tolist()  # a list: pandas infers the dtype as before
     agg["ev_bytes"] = grouped["ev_bytes"].sum(min_count=1)
     rows_b, rows_f, rows_i, rows_d, rows_l = [], [], [], [], []
     for g, evb in zip(agg["gid"].to_numpy(), agg["ev_bytes"].to_numpy(), strict=True):
@@ -358,7 +365,8 @@ def units(trace: Trace) -> pd.DataFrame:
     agg["int_ops"] = rows_i
     # A fp32 GEMM run by a TF32 tensor-core kernel is held against a TF32 peak (none in the peak
     # table: then it has no roof), never the fp32 CUDA-core peak it can beat ("128% of roof").
-    is_tf32 = agg["kernel"].astype(str).str.contains(TF32_KERNELS, regex=True).to_numpy(dtype=bool)
+    tf32 = re.compile(TF32_KERNELS)
+    is_tf32 = mask_distinct(agg["kernel"].astype(str), lambda k: tf32.search(k) is not None)
     agg["dtype"] = ["tf32" if d == "fp32" and t else d for d, t in zip(rows_d, is_tf32, strict=True)]
     agg["link"] = rows_l
     out = agg.reset_index(drop=True)[UNIT_COLUMNS]

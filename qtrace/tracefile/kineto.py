@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.errors import TraceFormatError
+from qtrace.tracefile.nesting import parents
 
 HOST_RANGE_CATS = ("cpu_op", "user_annotation", "python_function")
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
@@ -562,8 +563,13 @@ class _Columns:
                 out[c].append(arr)
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """Raw DataFrames (absolute ts, no `end` yet)."""
-        return {t: _raw_frame(_TABLE_COLUMNS[t], self.pieces[t]) for t in _TABLE_COLUMNS}
+        """Raw DataFrames (absolute ts, no `end` yet). Consumes the pieces: each column's pieces are
+        dropped as soon as its array is built, so a big trace never holds both whole."""
+        out = {}
+        for t in _TABLE_COLUMNS:
+            out[t] = _raw_frame(_TABLE_COLUMNS[t], self.pieces[t])
+            self.pieces[t] = {}
+        return out
 
 
 _COUNTED_CATS = frozenset(OTHER_DEVICE_CATS)
@@ -588,8 +594,9 @@ def _int_of(v: int | str) -> int:
     return n if _NA < n < 2**63 else _NA
 
 
-def _flat(parts: list[list]) -> list:
-    return parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
+def _objects(parts: list[list], n: int) -> np.ndarray:
+    """The pieces as one object array of `n` values, without an intermediate list of them all."""
+    return np.fromiter(itertools.chain.from_iterable(parts), dtype=object, count=n)
 
 
 def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFrame:
@@ -603,14 +610,11 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFram
                              else pd.array([], dtype="Int64") for c in columns})
     data: dict[str, Any] = {}
     for c in columns:
-        parts = pieces[c]
+        parts = pieces.pop(c)
         if c in _STR_COLS:
-            data[c] = pd.array(np.array(_flat(parts), dtype=object), dtype=str)
+            data[c] = pd.array(_objects(parts, n), dtype=str)
         elif c in ("input_dims", "input_type"):
-            flat = _flat(parts)
-            arr = np.empty(len(flat), dtype=object)
-            arr[:] = flat
-            data[c] = arr
+            data[c] = _objects(parts, n)
         elif c in ("ts", "dur"):
             data[c] = np.concatenate(parts)
         else:
@@ -721,8 +725,10 @@ def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> Non
         # Ranges: the stack sweep, thread by thread, in sorted order.
         r_rows = order[is_range]  # op rows in sweep order
         r_key = key_sorted[is_range]
-        cuts = np.flatnonzero(np.r_[True, r_key[1:] != r_key[:-1]]).tolist() + [len(r_rows)]
-        parent[r_rows] = _sweep(op_end[r_rows].tolist(), r_rows.tolist(), cuts)
+        first = np.flatnonzero(np.r_[True, r_key[1:] != r_key[:-1]])
+        group_start = np.repeat(first, np.diff(np.append(first, len(r_rows))))
+        pos = parents(op_end[r_rows], group_start, _EPS)
+        parent[r_rows] = np.where(pos >= 0, r_rows[np.clip(pos, 0, None)], -1)
         _depths(parent, r_rows, depth)
 
         # Runtime calls and memory events: the last range before each (same thread), then up the parents.
@@ -749,37 +755,6 @@ def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> Non
     ops["depth"] = depth
     runtime["op"] = rt_op
     memory["op"] = mem_op
-
-
-def _sweep(ends: list[float], rows: list[int], cuts: list[int]) -> list[int]:
-    """Parents of ranges in sweep order (ts, then longest first; `cuts` start each thread).
-
-    A range pops the open ranges that end before it does (within the tolerance) and nests in
-    the innermost one left; pops at earlier runtime calls or memory events only ever pop a
-    prefix of what this pops, so they need not be replayed.
-    """
-    eps = _EPS
-    out: list[int] = []
-    append = out.append
-    for g in range(len(cuts) - 1):
-        stack_rows: list[int] = []
-        stack_ends: list[float] = []
-        top_end = float("-inf")
-        top = -1
-        for i in range(cuts[g], cuts[g + 1]):
-            e = ends[i]
-            lim = e - eps
-            if top_end < lim:
-                while stack_ends and stack_ends[-1] < lim:
-                    stack_ends.pop()
-                    stack_rows.pop()
-                top = stack_rows[-1] if stack_rows else -1
-            append(top)
-            top = rows[i]
-            top_end = e
-            stack_rows.append(top)
-            stack_ends.append(e)
-    return out
 
 
 def _depths(parent: np.ndarray, rows_in_order: np.ndarray, depth: np.ndarray) -> None:

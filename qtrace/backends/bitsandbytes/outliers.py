@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
+from qtrace.analyzers.distinct import mask_distinct
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX
 from qtrace.tracefile.kineto import Trace
 
@@ -205,7 +206,7 @@ def _steps(trace: Trace, rows: list[int]) -> tuple[list[int], list[str]]:
     ops = trace.ops
     names = ops["name"].to_numpy(dtype=object)
     parent = ops["parent"].to_numpy()
-    is_qstep = ops["name"].str.startswith("qtrace.step:", na=False).to_numpy(dtype=bool)
+    is_qstep = mask_distinct(names, lambda n: isinstance(n, str) and n.startswith("qtrace.step:"))
     qrows = np.nonzero(is_qstep)[0]
     qrows = qrows[np.argsort(ops["ts"].to_numpy(dtype=float)[qrows], kind="stable")]
     ordinal = {int(r): i for i, r in enumerate(qrows)}
@@ -244,17 +245,20 @@ def _add_outlier_time(trace: Trace, out: pd.DataFrame, calls: list[dict[str, Any
     out["outlier_syncs"] = 0
     ops = trace.ops
     anchors = np.array(sorted({r for c in calls for r in (c["quant"], c["matmul"]) if r is not None}), dtype=np.int64)
-    anchor_call: dict[int, int] = {}
+    call_of_op = np.full(len(ops), -1, dtype=np.int64)  # anchor op row -> its call
     for cid, c in enumerate(calls):
         for r in (c["quant"], c["matmul"]):
             if r is not None:
-                anchor_call[r] = cid
+                call_of_op[r] = cid
+
+    def call_of(member: np.ndarray) -> np.ndarray:
+        return np.where(member >= 0, call_of_op[np.clip(member, 0, None)], -1) if len(member) else member
     ophase = op_phases(trace)
     sel = np.nonzero(ophase["phase"].isin(OUTLIER_PHASES).to_numpy() & (ophase["cat"] == "cpu_op").to_numpy())[0]
     key = _thread_keys(trace)
     member = _call_membership(ops, key, anchors, sel)
     cpu = pd.Series(ophase["self_us"].to_numpy()[sel]).groupby(
-        [anchor_call.get(int(a), -1) for a in member]).sum()
+        call_of(member)).sum()
     idx = out["call"].to_numpy()
     out["outlier_cpu_us"] = cpu.reindex(idx, fill_value=0.0).to_numpy(dtype=float)
     if not trace.has_gpu:  # a CPU trace: no kernels, no syncs
@@ -262,11 +266,11 @@ def _add_outlier_time(trace: Trace, out: pd.DataFrame, calls: list[dict[str, Any
     gpu = gpu_phases(trace)
     g = gpu[gpu["phase"].isin(OUTLIER_PHASES) & (gpu["op"] >= 0)]
     gmember = _call_membership(ops, key, anchors, g["op"].to_numpy())
-    gsum = pd.Series(g["dur"].to_numpy()).groupby([anchor_call.get(int(a), -1) for a in gmember]).sum()
+    gsum = pd.Series(g["dur"].to_numpy()).groupby(call_of(gmember)).sum()
     rt = runtime_phases(trace)
     s = rt[rt["is_sync"] & rt["phase"].isin(OUTLIER_PHASES) & (rt["op"] >= 0)]
     smember = _call_membership(ops, key, anchors, s["op"].to_numpy())
-    ssum = pd.Series(np.ones(len(s))).groupby([anchor_call.get(int(a), -1) for a in smember]).sum()
+    ssum = pd.Series(np.ones(len(s))).groupby(call_of(smember)).sum()
     out["outlier_gpu_us"] = gsum.reindex(idx, fill_value=0.0).to_numpy(dtype=float)
     out["outlier_syncs"] = ssum.reindex(idx, fill_value=0).to_numpy().astype(int)
 

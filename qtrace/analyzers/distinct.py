@@ -1,0 +1,51 @@
+"""Per-value work done once per distinct value: a trace has millions of events but few names.
+
+`map_distinct(values, fn)` equals ``[fn(v) for v in values]`` and `mask_distinct(values, pred)`
+equals ``[bool(pred(v)) for v in values]``, each calling the function once per distinct value
+(tests/test_hotpath_equivalence.py holds them to the plain loops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _objects(values: Any) -> np.ndarray:
+    if isinstance(values, pd.Series | pd.Index):
+        return values.to_numpy(dtype=object)
+    return np.asarray(values, dtype=object)
+
+
+def _codes(values: Any) -> tuple[np.ndarray, list]:
+    codes, uniq = pd.factorize(_objects(values), use_na_sentinel=False)
+    return codes, list(uniq)
+
+
+def _has_na(uniq: list) -> bool:
+    # pandas holds None and NaN as one value: then each value's own, element by element.
+    return any(v is None or (isinstance(v, float) and v != v) for v in uniq)
+
+
+def map_distinct(values: Any, fn: Callable[[Any], Any]) -> np.ndarray:
+    """``fn`` of each value (an object array), computed once per distinct value."""
+    codes, uniq = _codes(values)
+    if _has_na(uniq):
+        out = np.empty(len(codes), dtype=object)
+        out[:] = [fn(v) for v in _objects(values)]
+        return out
+    out = np.empty(len(uniq), dtype=object)
+    out[:] = [fn(v) for v in uniq]
+    return out[codes]
+
+
+def mask_distinct(values: Any, pred: Callable[[Any], Any]) -> np.ndarray:
+    """``bool(pred(v))`` of each value (a bool array), computed once per distinct value."""
+    codes, uniq = _codes(values)
+    if _has_na(uniq):
+        return np.array([bool(pred(v)) for v in _objects(values)], dtype=bool)
+    out = np.array([bool(pred(v)) for v in uniq], dtype=bool)
+    return out[codes]

@@ -1,0 +1,77 @@
+"""Parents of host ranges on one thread, vectorized (the stack sweep of `kineto._nest`).
+
+In sweep order (start, then longest first), a range pops the open ranges ending before it
+ends (within a tolerance) and nests in the innermost one left. What is left on top is the
+range nearest before it whose end is not before its own end minus the tolerance: any range
+pushed after that one ended too early and was popped, and that one was never popped (a range
+popping it would itself qualify, being later and ending later). So the parent is a "previous
+element at least x" query, answered for all ranges at once on a max segment tree, level by
+level in numpy. `parents_loop` is the sweep itself, kept as the reference
+(tests/test_loader_equivalence.py holds the two to the same parents).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def parents(ends: np.ndarray, starts_of_group: np.ndarray, eps: float) -> np.ndarray:
+    """Per position i (sweep order), the position of its parent, or -1.
+
+    `ends`: range ends in sweep order; `starts_of_group`: per position, the first position of
+    its thread (ranges of other threads are never parents).
+    """
+    n = len(ends)
+    out = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return out
+    ends = np.asarray(ends, dtype=np.float64)
+    lim = ends - eps
+    size = 1
+    while size < n:
+        size *= 2
+    tree = np.full(2 * size, -np.inf)
+    tree[size:size + n] = ends
+    for lvl in range(size.bit_length() - 2, -1, -1):  # internal nodes, bottom level first
+        nodes = np.arange(1 << lvl, 2 << lvl)
+        tree[nodes] = np.maximum(tree[2 * nodes], tree[2 * nodes + 1])
+    # Up: from each leaf, the first left sibling subtree holding a value >= lim.
+    q = np.arange(n, dtype=np.int64)
+    p = q + size
+    node = np.full(n, -1, dtype=np.int64)
+    while len(q):
+        right = (p & 1).astype(bool)
+        hit = right & (tree[p - 1] >= lim[q])
+        node[q[hit]] = p[hit] - 1
+        p = p >> 1
+        go = ~hit & (p > 1)
+        q, p = q[go], p[go]
+    # Down: the rightmost leaf of that subtree holding a value >= lim.
+    q = np.flatnonzero(node >= 0)
+    cur = node[q]
+    while len(q):
+        inner = cur < size
+        if not inner.any():
+            break
+        qi, ci = q[inner], cur[inner]
+        r = 2 * ci + 1
+        cur[inner] = np.where(tree[r] >= lim[qi], r, 2 * ci)
+    found = np.full(n, -1, dtype=np.int64)
+    found[q] = cur - size
+    ok = found >= np.asarray(starts_of_group)
+    out[ok] = found[ok]
+    return out
+
+
+def parents_loop(ends: list[float], cuts: list[int], eps: float) -> list[int]:
+    """The stack sweep: positions of parents in sweep order (-1 at the top); `cuts` start each thread."""
+    out: list[int] = []
+    for g in range(len(cuts) - 1):
+        stack: list[int] = []
+        for i in range(cuts[g], cuts[g + 1]):
+            lim = ends[i] - eps
+            while stack and ends[stack[-1]] < lim:
+                stack.pop()
+            out.append(stack[-1] if stack else -1)
+            stack.append(i)
+    return out
