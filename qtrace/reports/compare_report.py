@@ -10,7 +10,7 @@ import pandas as pd
 from qtrace.analyzers.compare import EXPLAIN_COST, EXPLAIN_CPU, Comparison, RunComparison
 from qtrace.analyzers.quality import quality_line
 from qtrace.fileio import write_json, write_text
-from qtrace.markup import md_escape, md_table, ms, text_table
+from qtrace.markup import md_escape, md_table, mib, ms, pct, text_table
 
 DELTA_HEADERS = ["phase", "group", "ΔGPU ms", "ΔCPU ms", "Δlaunches", "Δsyncs", "Δsync ms", "ΔGPU-idle ms"]
 
@@ -181,10 +181,21 @@ def memory_tables(c: Comparison, label: str) -> list[tuple[str, list[str], list[
     return out
 
 
+GPU_HEADERS = ["run", "GPU", "GPU ms", "busy ms", "busy %", "waits for other GPU ms", "peer copy ms",
+               "peak alloc (un-profiled)"]
+
+
+def _gpu_rows(c: Comparison) -> list[list[str]]:
+    return [[d["run"], str(d["device"]), ms(d["gpu_time_us"]), ms(d["busy_us"]), pct(d["busy_share"]),
+             ms(d["waiting_us"]), ms(d["copy_us"], 3), mib(d["max_allocated_bytes"])] for d in c.devices]
+
+
 def render_text(c: Comparison, top: int = 5) -> str:
     out = [f"== Baseline: {c.baseline.label} ({c.baseline.source}); deltas {unit_words(c)}"]
     out += [f"note: {n}" for n in c.notes]
     out += ["", text_table(RUN_HEADERS, _run_rows(c))]
+    if c.devices:
+        out += ["", f"GPUs ({unit_words(c)}):", text_table(GPU_HEADERS, _gpu_rows(c), "ll" + "r" * 6)]
     for comp in c.comparisons:
         out += ["", f"== {comp.run.label} vs {c.baseline.label} ({comp.run.source})"]
         out += headline(c, comp, top)
@@ -204,6 +215,10 @@ def render_markdown(c: Comparison, top: int = 5, charts: dict[str, str] | None =
            ""]
     out += [f"- Note: {md_escape(n)}" for n in c.notes]
     out += ["", "## Runs", "", md_table(RUN_HEADERS, [[md_escape(x) for x in r] for r in _run_rows(c)])]
+    if c.devices:
+        out += ["", "## GPUs", "", f"Per GPU, {md_escape(unit_words(c))}: busy is the union of its events; it waits "
+                "while idle and another GPU works; peak alloc is run.json's un-profiled figure for that GPU.", "",
+                md_table(GPU_HEADERS, [[md_escape(x) for x in r] for r in _gpu_rows(c)], "ll" + "r" * 6)]
     if "phases" in charts:
         out += ["", f"![phase time per run]({charts['phases']})"]
     for comp in c.comparisons:

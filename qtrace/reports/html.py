@@ -18,6 +18,7 @@ from qtrace.analyzers.trace_analysis import TraceReport
 from qtrace.fileio import write_bytes, write_text
 from qtrace.markup import ms, pct
 from qtrace.reports import charts as ch
+from qtrace.reports import device_report
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
@@ -135,6 +136,7 @@ def report_html(reports: list[TraceReport], annotated: Sequence[str] = (), top: 
                     "host ops in the phase; GPU-idle ms is the time the GPU sat idle while the launching thread was "
                     "in the phase (with GPU busy time it adds up to the window).</p>")
         body.append(_table(PHASE_HEADERS, _phase_rows(r), left=2, total_last=True))
+        body += device_report.html_tables(r.extra.get("devices"), _table)
         key = f"kernels:{lab}"
         if key in charts:
             body.append("<h3>Top kernels</h3>")
