@@ -196,3 +196,11 @@ def test_rank_folders_still_read_per_rank(tmp_path: Path, capsys: pytest.Capture
     code, out, err = run_cli(capsys, "report", str(folder))
     assert code == 0, err
     assert "across ranks" in out and out.count("Devices: 2 devices") == 2
+
+
+def test_docs_phases_tables_are_generated_from_the_code() -> None:
+    from qtrace.analyzers.phase_rules import rules_markdown, vocabulary_markdown
+
+    doc = (REPO / "docs" / "phases.md").read_text()
+    assert vocabulary_markdown() in doc, "docs/phases.md vocabulary is stale: regenerate it (see its first lines)"
+    assert rules_markdown() in doc, "docs/phases.md rule table is stale: regenerate it (see its first lines)"

@@ -179,3 +179,28 @@ def rules_table() -> pd.DataFrame:
     """The rules as a table, for `docs/` and for users who ask why an event landed where it did."""
     return pd.DataFrame([{"order": i, "phase": r.phase, "group": group_of(r.phase), "why": r.why, **r.fields()}
                          for i, r in enumerate(RULES)])
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+_DOC_FIELDS = ("quant_op", "below_quant_op", "module", "weight", "ops", "kernel", "kind", "quant_backend")
+
+
+def vocabulary_markdown() -> str:
+    """The vocabulary table of docs/phases.md (tests/test_multi_device.py holds the file to it)."""
+    rows = ["| phase | group | what lands there |", "|---|---|---|"]
+    rows += [f"| `{p}` | {g} | {_md_cell(w)} |" for p, (g, w) in PHASES.items()]
+    return "\n".join(rows)
+
+
+def rules_markdown() -> str:
+    """The ordered rule table of docs/phases.md, one row per rule."""
+    rows = ["| # | phase | quant op | under the quant op | module | weight | ops | kernel | kind | trace shows backend "
+            "| why |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(RULES):
+        f = r.fields()
+        cells = [f"`{_md_cell(f[c])}`" if c in f else "" for c in _DOC_FIELDS]
+        rows.append(f"| {i} | `{r.phase}` | " + " | ".join(cells) + f" | {_md_cell(r.why)} |")
+    return "\n".join(rows)
