@@ -255,3 +255,16 @@ def test_profile_api_device_map_on_a_device_init_preset(tmp_path: Path) -> None:
     for entry in r.run["precisions"].values():
         assert entry["status"] == "ok", entry["error"]
         assert entry["placement"]["strategy"] == "balanced" and entry["placement"]["device_count"] == 1
+
+
+def test_gpu_session_script_parses_and_says_it_was_not_run() -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "examples" / "multi_gpu" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for needed in ("qwen2.5-72b", "--device-map auto", "--precision int8,nf4", "--new-tokens 64",
+                   "--batch-size 32", "qwen2.5-32b"):
+        assert needed in text
+    assert "not run" in (repo / "examples" / "multi_gpu" / "README.md").read_text().lower()
