@@ -171,6 +171,17 @@ def test_compare_two_gpus_against_one_is_one_report(pipe: Path, capsys: pytest.C
     assert rows[0]["waiting_us"] == pytest.approx(GEMM1_US)
 
 
+
+def test_compare_out_writes_the_gpu_table(pipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = PUBLIC / "bf16" / "h100_bert-small.json.gz"
+    code, _, err = run_cli(capsys, "compare", str(pipe), str(one), "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "cmp" / "devices.csv")
+    assert list(rows["device"]) == [0, 1, 0]
+    assert "<h2>GPUs</h2>" in (tmp_path / "cmp" / "report.html").read_text()
+    assert "## GPUs" in (tmp_path / "cmp" / "report.md").read_text()
+
+
 def test_compare_of_single_gpu_runs_has_no_gpu_rows() -> None:
     reports = [analyze_trace(load_trace(PUBLIC / "bf16" / "h100_bert-small.json.gz")),
                analyze_trace(load_trace(PUBLIC / "rocm" / "mi300_bert-small.json.gz"))]

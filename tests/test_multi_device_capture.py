@@ -244,6 +244,7 @@ def test_profile_device_map_auto_on_one_device(tmp_path: Path, capsys: pytest.Ca
     assert "per_device" not in e["memory"]
     code, stdout, err = run_cli(capsys, "report", str(out))
     assert code == 0 and "Devices:" not in stdout  # one device: the report is the single-device one
+    assert "Placement (--device-map auto): --device-map auto: no GPU is visible" in stdout
 
 
 @pytest.mark.slow

@@ -159,7 +159,7 @@ class Target:
         if not isinstance(entry, dict):
             return None
         keep = ("latency_ms", "generate", "memory", "energy", "load", "timer", "compute_dtype", "status", "error",
-                "findings", "quality")  # quality: absent from runs before it existed, so their reports are unchanged
+                "findings", "quality", "placement")  # absent from runs before they existed: their reports are unchanged
         return {k: entry[k] for k in keep if k in entry}
 
 

@@ -532,15 +532,6 @@ def _precision_setup(precision: str, device_type: str, threshold: float) -> tupl
     return loader(backend).precision_setup(precision, base_dtype_name(device_type), threshold)
 
 
-def _cuda_allocated(device: Any) -> int | None:
-    if device.type != "cuda":
-        return None
-    import torch
-
-    torch.cuda.synchronize(device)
-    return int(torch.cuda.memory_allocated(device))
-
-
 def _ensure_pad_token(model: Any) -> None:
     """Classification with batch > 1 and generate need a pad id; random presets may lack one."""
     cfg = model.config

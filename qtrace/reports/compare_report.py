@@ -292,6 +292,9 @@ def write_outputs(c: Comparison, out: Path, top: int = 5, charts: dict[str, str]
                        ("runs.csv", runs_frame(c).to_csv(index=False))):
         write_text(out / name, text)
         written.append(out / name)
+    if c.devices:  # a run used several GPUs
+        write_text(out / "devices.csv", pd.DataFrame(c.devices).to_csv(index=False))
+        written.append(out / "devices.csv")
     write_json(out / "compare.json", c.to_dict())
     written.append(out / "compare.json")
     return written

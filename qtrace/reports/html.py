@@ -197,6 +197,9 @@ def compare_html(c: Comparison, charts: dict[str, tuple[str, bytes]], annotated:
     body += [f'<p class="note">Note: {_e(n)}</p>' for n in c.notes]
     body.append("<h2>Runs</h2>")
     body.append(_table(cr.RUN_HEADERS, cr._run_rows(c), left=2))
+    if c.devices:  # a run used several GPUs: per GPU busy, waiting, peer copies, peak memory
+        body.append(f"<h2>GPUs</h2><p>Per GPU, {_e(cr.unit_words(c))}.</p>")
+        body.append(_table(cr.GPU_HEADERS, cr._gpu_rows(c), left=2))
     for comp in c.comparisons:
         lab = comp.run.label
         body.append(f"<h2>{_e(lab)} vs {_e(c.baseline.label)}</h2>")

@@ -68,6 +68,9 @@ def headline(r: TraceReport) -> list[str]:
             per_step = r.steps["span_us"].median() / 1000
             line += f"; profiled step span {per_step:.2f} ms (the profiler slows it x{per_step / lat['median']:.1f})"
         lines.append(line)
+    placed = (r.measured or {}).get("placement")
+    if isinstance(placed, dict) and (placed.get("note") or placed.get("summary")):
+        lines.append(f"Placement (--device-map {placed.get('strategy')}): {placed.get('note') or placed['summary']}")
     devs = r.extra.get("devices")
     if isinstance(devs, dict) and devs.get("summary"):
         lines.append(f"Devices: {devs['summary']}")

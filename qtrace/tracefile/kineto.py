@@ -20,7 +20,9 @@ Tables (timestamps in microseconds relative to the first event, as floats):
   bytes of the op's ``Input Dims`` / ``Input type`` (or None); equal values share one object.
 - ``runtime``: CUDA runtime/driver calls, with the ``op`` that issued them (innermost range).
 - ``gpu``: kernels, GPU memcpy and memset, joined to their launching ``runtime`` call by the
-  correlation id and so to ``op``.
+  correlation id and so to ``op``. ``device`` is the GPU that ran the event (a peer copy, which
+  Kineto writes without ``device``, gives its ``inDevice``); ``src_device`` / ``dst_device`` are a
+  copy's ``fromDevice`` / ``toDevice`` (absent elsewhere).
 - ``memory``: allocator ``[memory]`` instant events, with the ``op`` that was running.
 """
 
