@@ -117,6 +117,24 @@ def test_72b_fp16_splits_over_two_gpus_by_whole_layers(monkeypatch: pytest.Monke
     assert multi_device.device_of(dmap, "model.embed_tokens.weight") == torch.device("cuda", 0)
 
 
+@pytest.mark.parametrize("precision", ["int8", "nf4"])
+def test_72b_quantized_split_is_sized_by_the_quantizer(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    import torch
+    from transformers.quantizers import AutoHfQuantizer
+
+    from qtrace.capture import models, multi_device
+
+    model = _meta_model("qwen2.5-72b")
+    _, quant, _ = models._precision_setup(precision, "cuda", 6.0)
+    models.loader(models.backend_for(precision)).keep_unquantized(quant, ["lm_head"])
+    quantizer = AutoHfQuantizer.from_config(quant, pre_quantized=False)
+    with models.quiet_libraries():
+        quantizer.preprocess_model(model=model, dtype=torch.float16, device_map={"": 0})
+    _fake_gpus(monkeypatch, 100 * GiB, 100 * GiB)
+    s = placement.placement_summary(multi_device.infer_map(model, "auto", torch.float16, quantizer), "auto")
+    assert s["device_count"] == 2 and sum(d["layer_count"] for d in s["devices"]) == 80
+
+
 def test_72b_fp16_on_one_80gb_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 

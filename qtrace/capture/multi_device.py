@@ -3,9 +3,9 @@
 `plan` decides what a `--device-map` strategy means on this machine: with two or more visible
 GPUs the strategy goes to accelerate; with fewer the model goes whole onto `--device` and the
 run says so (qtrace.capture.placement). `infer_map` is transformers' own device-map step for a
-model built on the meta device (device-init presets): the quantizer's target dtype sizes the
-layers, `get_balanced_memory` spreads them (except for ``sequential``), accelerate's
-`infer_auto_device_map` keeps each decoder layer whole. `model_devices` lists the devices a
+model built on the meta device (device-init presets): the quantizer sizes quantized layers,
+`get_balanced_memory` spreads them (except for ``sequential``), `infer_auto_device_map` keeps
+each decoder layer whole; only the visible GPUs are offered, never CPU RAM or disk. `model_devices` lists the devices a
 loaded model occupies, the first one (where the embeddings and the inputs live) first.
 
 Timing with several devices (qtrace.capture.protocol.CudaClock): CUDA events must be recorded
@@ -23,6 +23,7 @@ every pass and stop the host from queueing ahead, which the single-GPU figures d
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from qtrace.capture.placement import gpu_indices, single_device_note
@@ -45,26 +46,46 @@ def plan(strategy: str | None, device: Any) -> tuple[str | None, str | None]:
 
 
 def infer_map(model: Any, strategy: str, dtype: Any, quantizer: Any = None) -> dict[str, int]:
-    """accelerate's device map for a meta-device `model` over the visible GPUs (never CPU or disk)."""
-    from accelerate import infer_auto_device_map
-    from accelerate.utils import get_balanced_memory, get_max_memory
+    """accelerate's device map for a meta-device `model` over the visible GPUs (never CPU or disk).
 
-    target = quantizer.adjust_target_dtype(dtype) if quantizer is not None else dtype
-    no_split = list(getattr(model, "_no_split_modules", None) or [])
-    max_memory = {k: v for k, v in get_max_memory(None).items() if isinstance(k, int)}
-    if strategy != "sequential":
-        max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
-                                         dtype=target, low_zero=strategy == "balanced_low_0")
-    if quantizer is not None:
-        max_memory = quantizer.adjust_max_memory(max_memory)
-    dmap = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=target)
+    transformers' own device-map step where it has one (5.x: `_get_device_map`, which sizes
+    quantized layers through the quantizer), else the same steps with accelerate's functions.
+    """
+    from accelerate.utils import get_max_memory
+
+    gpus = {k: v for k, v in get_max_memory(None).items() if isinstance(k, int)}
+    try:
+        from transformers.integrations.accelerate import _get_device_map
+    except ImportError:
+        _get_device_map = None
+    if _get_device_map is not None and "hf_quantizer" in inspect.signature(_get_device_map).parameters:
+        dmap = _get_device_map(model, strategy, gpus, quantizer)
+    else:
+        dmap = _accelerate_map(model, strategy, dtype, quantizer, gpus)
     off = sorted({str(v) for v in dmap.values() if not isinstance(v, int)})
     if off:
         from qtrace.errors import QtraceError
 
         raise QtraceError(f"the model does not fit on the visible GPUs: accelerate would put part of it on "
                           f"{', '.join(off)} (qtrace measures models on GPUs only)")
-    return dmap
+    return dict(dmap)
+
+
+def _accelerate_map(model: Any, strategy: str, dtype: Any, quantizer: Any, gpus: dict[int, int]) -> dict[str, Any]:
+    """transformers 4.x's device-map step: the quantizer's target dtype sizes the layers."""
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    adjust = getattr(quantizer, "adjust_target_dtype", None)
+    target = adjust(dtype) if adjust is not None else dtype
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    max_memory = gpus
+    if strategy != "sequential":
+        max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                         dtype=target, low_zero=strategy == "balanced_low_0")
+    if quantizer is not None:
+        max_memory = quantizer.adjust_max_memory(max_memory)
+    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=target)
 
 
 def device_of(dmap: dict[str, Any], name: str) -> Any:
