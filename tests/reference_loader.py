@@ -53,6 +53,9 @@ class _Args(msgspec.Struct):
     total_reserved: int | None = msgspec.field(name="Total Reserved", default=None)
     device_id: int | None = msgspec.field(name="Device Id", default=None)
     device_type: int | None = msgspec.field(name="Device Type", default=None)
+    from_device: int | None = msgspec.field(name="fromDevice", default=None)
+    in_device: int | None = msgspec.field(name="inDevice", default=None)
+    to_device: int | None = msgspec.field(name="toDevice", default=None)
     # Shapes stay raw JSON text until an analyzer asks for them (roofline, outlier counts).
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_NO_RAW)
     input_type: msgspec.Raw = msgspec.field(name="Input type", default=_NO_RAW)
@@ -194,7 +197,7 @@ def _columns(events: list[_Event]) -> dict[str, dict[str, list]]:
                                               "input_dims", "input_type")}
     runtime: dict[str, list] = {k: [] for k in ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "correlation")}
     gpu: dict[str, list] = {k: [] for k in ("name", "cat", "device", "stream", "ts", "dur", "ext_id",
-                                             "correlation", "bytes")}
+                                             "correlation", "bytes", "src_device", "dst_device")}
     memory: dict[str, list] = {k: [] for k in ("pid", "tid", "ts", "device_type", "device_id", "addr", "bytes",
                                                 "total_allocated", "total_reserved")}
     interned: dict[str, str] = {}
@@ -209,13 +212,15 @@ def _columns(events: list[_Event]) -> dict[str, dict[str, list]]:
             if cat in GPU_CATS:
                 gpu["name"].append(intern(ev.name, ev.name))
                 gpu["cat"].append(cat)
-                gpu["device"].append(a.device if a else None)
+                gpu["device"].append((a.device if a.device is not None else a.in_device) if a else None)
                 gpu["stream"].append(a.stream if a else None)
                 gpu["ts"].append(ev.ts)
                 gpu["dur"].append(ev.dur or 0.0)
                 gpu["ext_id"].append(a.external_id if a else None)
                 gpu["correlation"].append(a.correlation if a else None)
                 gpu["bytes"].append(a.bytes if a else None)
+                gpu["src_device"].append(a.from_device if a else None)
+                gpu["dst_device"].append(a.to_device if a else None)
             elif cat in HOST_RANGE_CATS:
                 host["name"].append(intern(ev.name, ev.name))
                 host["cat"].append(cat)
@@ -255,7 +260,7 @@ def _base_ts(cols: dict[str, dict[str, list]]) -> float:
 
 
 _INT_COLS = ("ext_id", "correlation", "device", "stream", "bytes", "device_type", "device_id", "addr",
-             "total_allocated", "total_reserved")
+             "total_allocated", "total_reserved", "src_device", "dst_device")
 
 
 def _frame(col: dict[str, list], base: float) -> pd.DataFrame:

@@ -23,7 +23,7 @@ _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
               "cuCtxSynchronize", "cuEventSynchronize", "cudaMemcpy", "cudaMemcpy2D", "cuMemcpyDtoH_v2",
-              "cuMemcpyHtoD_v2",
+              "cuMemcpyHtoD_v2", "cudaMemcpyPeer", "cuMemcpyPeer",
               # HIP (ROCm traces): the same calls under their hip names
               "hipStreamSynchronize", "hipDeviceSynchronize", "hipEventSynchronize", "hipMemcpy", "hipMemcpy2D",
               "hipMemcpyWithStream", "hipMemcpyDtoH", "hipMemcpyHtoD")

@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from qtrace.analyzers import lean_compare
+from qtrace.analyzers import compare_devices, lean_compare
 from qtrace.analyzers.attribution import op_phases, runtime_phases
 from qtrace.analyzers.lean_timing import lean_summary
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
@@ -147,6 +147,7 @@ class Comparison:
     comparisons: list[RunComparison]  # one per non-baseline run
     memory_deltas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # section -> rows
     notes: list[str] = field(default_factory=list)
+    devices: list[dict[str, Any]] = field(default_factory=list)  # per (run, GPU) when a run used several GPUs
 
     def comparison_for(self, label: str) -> RunComparison:
         return next(c for c in self.comparisons if c.run.label == label)
@@ -643,6 +644,9 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
     devices = {r.device for r in reports if r.device}
     if len(devices) > 1:
         notes.append(f"the runs come from different devices ({', '.join(sorted(devices))})")
+    gpu_note = compare_devices.device_note(figs)
+    if gpu_note:
+        notes.append(gpu_note)
 
     delta_frames, comps = [], []
     mem: dict[str, list[dict[str, Any]]] = {}
@@ -669,7 +673,7 @@ def compare_reports(reports: list[TraceReport], baseline: str | int | None = Non
         if len(deltas) and (deltas[col] % 1 == 0).all():
             deltas[col] = deltas[col].astype("int64")
     return Comparison(baseline=base, runs=figs, unit=unit, deltas=deltas[cols], comparisons=comps,
-                      memory_deltas=mem, notes=notes)
+                      memory_deltas=mem, notes=notes, devices=compare_devices.device_rows(figs))
 
 
 # --- JSON --------------------------------------------------------------------------------------
@@ -756,4 +760,6 @@ def comparison_to_dict(c: Comparison) -> dict[str, Any]:
     from qtrace.analyzers.ranking import ranking  # imports this module's types
 
     out["ranking"] = ranking(c)
+    if c.devices:  # only when a run used several GPUs: other comparisons stay byte-identical
+        out["devices"] = c.devices
     return out

@@ -45,6 +45,8 @@ MODEL_PHASES: dict[str, tuple[str, str]] = {
     "elementwise": ("model", "activations, residual adds, rotary, casts, reductions, concatenation, optimizer"),
     "embedding": ("model", "embedding lookups"),
     "compiled": ("compiled", "Triton / torch.compile kernels no op or name rule above places"),
+    "device.copy": ("communication", "copies between two GPUs of one process (Memcpy PtoP, cudaMemcpyPeerAsync): "
+                                     "the hand-off between pipeline stages of a model split over devices"),
     "comm": ("communication", "collectives and point-to-point: NCCL/RCCL, gloo, DeepEP, symmetric-memory"),
     "memcpy": ("transfers", "copies and memsets not claimed by a phase above"),
     "other": ("other", "not matched by any rule"),
@@ -76,12 +78,17 @@ _GEMM_NAME = r"(?=.*(gemm|matmul|bmm|cutlass|xmma|nvjet|cijk|_mm_|scaled_mm|dot_
 _FP4_GEMM_KERNELS = r"(?i)^" + _GEMM_NAME + r".*(mxfp4|nvfp4|e2m1|fp4|mxf4|f4f4)"
 _FP8_GEMM_KERNELS = r"(?i)^" + _GEMM_NAME + r".*(e4m3|e5m2|fp8|float8|f8f6f4)"
 _COPY_KINDS = r"^gpu_mem(cpy|set)$"
+# A copy from one GPU to another: CUPTI's peer-to-peer kind (Kineto: "Memcpy PtoP (Device -> Device)").
+_PEER_COPY = r"PtoP|[Pp]eer"
 
 
 RULES: list[Rule] = [
     # --- each backend's own ops (the bitsandbytes op and the aten op under it, ...) ----------
     *(rule for b in BACKENDS for rule in b.op_rules),
     # --- kernels whose name is decisive whatever op launched them -----------------------------
+    # (a peer copy first: accelerate's hooks move activations inside the next stage's module range)
+    Rule("device.copy", "copies between GPUs (peer-to-peer memcpy: pipeline-stage hand-offs)", kind=r"^gpu_memcpy$",
+         kernel=_PEER_COPY),
     Rule("comm", "communication kernels (NCCL/RCCL, DeepEP, symmetric-memory all-reduce)", kernel=_COMM_KERNELS),
     Rule("fp4.gemm", "GEMM kernels naming a 4-bit float type (MXFP4, NVFP4, e2m1)", kernel=_FP4_GEMM_KERNELS),
     Rule("fp8.gemm", "GEMM kernels naming an fp8 type (e4m3, e5m2)", kernel=_FP8_GEMM_KERNELS),
@@ -172,3 +179,28 @@ def rules_table() -> pd.DataFrame:
     """The rules as a table, for `docs/` and for users who ask why an event landed where it did."""
     return pd.DataFrame([{"order": i, "phase": r.phase, "group": group_of(r.phase), "why": r.why, **r.fields()}
                          for i, r in enumerate(RULES)])
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+_DOC_FIELDS = ("quant_op", "below_quant_op", "module", "weight", "ops", "kernel", "kind", "quant_backend")
+
+
+def vocabulary_markdown() -> str:
+    """The vocabulary table of docs/phases.md (tests/test_multi_device.py holds the file to it)."""
+    rows = ["| phase | group | what lands there |", "|---|---|---|"]
+    rows += [f"| `{p}` | {g} | {_md_cell(w)} |" for p, (g, w) in PHASES.items()]
+    return "\n".join(rows)
+
+
+def rules_markdown() -> str:
+    """The ordered rule table of docs/phases.md, one row per rule."""
+    rows = ["| # | phase | quant op | under the quant op | module | weight | ops | kernel | kind | trace shows backend "
+            "| why |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(RULES):
+        f = r.fields()
+        cells = [f"`{_md_cell(f[c])}`" if c in f else "" for c in _DOC_FIELDS]
+        rows.append(f"| {i} | `{r.phase}` | " + " | ".join(cells) + f" | {_md_cell(r.why)} |")
+    return "\n".join(rows)

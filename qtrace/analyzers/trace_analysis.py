@@ -110,9 +110,12 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
 
 def _extra_sections(trace: Trace, measured: dict[str, Any] | None) -> dict[str, Any]:
     """Sections that answer further questions: memory, roofline, and each backend's own (LLM.int8 outliers)."""
-    from qtrace.analyzers import memory, roofline
+    from qtrace.analyzers import devices, memory, roofline
 
     sections: dict[str, Any] = {"memory": memory.memory_section(trace, measured)}
+    per_device = devices.device_section(trace)  # only for GPU events on two or more devices
+    if per_device is not None:
+        sections["devices"] = per_device
     sections["roofline"] = roofline.roofline_section(trace)  # its phase_fields join each phase record
     for backend in BACKENDS:
         for name, ref in backend.analyses.items():
@@ -156,7 +159,7 @@ class Target:
         if not isinstance(entry, dict):
             return None
         keep = ("latency_ms", "generate", "memory", "energy", "load", "timer", "compute_dtype", "status", "error",
-                "findings", "quality")  # quality: absent from runs before it existed, so their reports are unchanged
+                "findings", "quality", "placement")  # absent from runs before they existed: their reports are unchanged
         return {k: entry[k] for k in keep if k in entry}
 
 

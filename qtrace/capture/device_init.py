@@ -62,9 +62,15 @@ def init_kind(module: Any, pname: str) -> str:
     return "normal"
 
 
-def build_on_device(config: Any, auto: Any, dtype: Any, device: Any, quant: Any = None, seed: int = 0) -> Any:
+def build_on_device(config: Any, auto: Any, dtype: Any, device: Any, quant: Any = None, seed: int = 0,
+                    device_map: str | None = None) -> Any:
     """The model for `config` (class `auto`, e.g. AutoModelForCausalLM) on `device` in `dtype`,
-    quantized by `quant` (a BitsAndBytesConfig, or None), with seeded random weights."""
+    quantized by `quant` (a BitsAndBytesConfig, or None), with seeded random weights.
+
+    device_map: an accelerate strategy ("auto", "balanced", ...): the layers are spread over the
+    visible GPUs as from_pretrained spreads them (transformers' device-map step, then
+    `dispatch_model`'s hooks), each parameter drawn directly on its GPU with the same seeded value.
+    """
     import torch
     from accelerate import init_empty_weights
 
@@ -74,21 +80,33 @@ def build_on_device(config: Any, auto: Any, dtype: Any, device: Any, quant: Any 
     with init_empty_weights(include_buffers=False):
         model = auto.from_config(config, **{dtype_key: dtype})
     quantizer = None
+    strategy = device_map
     device_map = {"": device.index if device.type == "cuda" else "cpu"}
     if quant is not None:
         from transformers.quantizers import AutoHfQuantizer
 
         quantizer = AutoHfQuantizer.from_config(quant, pre_quantized=False)
         quantizer.preprocess_model(model=model, dtype=dtype, device_map=device_map)
+    spread = None
+    if strategy is not None:
+        from qtrace.capture.multi_device import infer_map
+
+        spread = infer_map(model, strategy, dtype, quantizer)
     std = float(getattr(config, "initializer_range", DEFAULT_STD) or DEFAULT_STD)
     with torch.no_grad():
-        materialize(model, dtype, device, seed, std)
-        for module in model.modules():
+        materialize(model, dtype, device, seed, std, spread)
+        for mod_name, module in model.named_modules():
+            target = _device_for(spread, mod_name, device)
             for bname, buf in list(module._buffers.items()):
-                if buf is not None and buf.device != device:
-                    module._buffers[bname] = buf.to(device)
+                if buf is not None and buf.device != target:
+                    module._buffers[bname] = buf.to(target)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
+    if spread is not None:
+        from accelerate import dispatch_model
+
+        # The hooks that move activations from stage to stage; sets model.hf_device_map.
+        dispatch_model(model, device_map=spread, skip_keys=getattr(model, "_skip_keys_device_placement", None))
     if quantizer is not None:
         model.hf_quantizer = quantizer
         quantizer.postprocess_model(model)
@@ -96,8 +114,18 @@ def build_on_device(config: Any, auto: Any, dtype: Any, device: Any, quant: Any 
     return model
 
 
-def materialize(model: Any, dtype: Any, device: Any, seed: int, std: float = DEFAULT_STD) -> None:
-    """Replace every meta parameter by its seeded value on `device` (quantized where the module is a bnb layer)."""
+def _device_for(spread: dict[str, Any] | None, name: str, device: Any) -> Any:
+    if spread is None:
+        return device
+    from qtrace.capture.multi_device import device_of
+
+    return device_of(spread, name)
+
+
+def materialize(model: Any, dtype: Any, device: Any, seed: int, std: float = DEFAULT_STD,
+                spread: dict[str, Any] | None = None) -> None:
+    """Replace every meta parameter by its seeded value on `device`, or on its device under the map
+    `spread` (quantized where the module is a bnb layer)."""
     import torch
 
     bnb = _bnb_or_none()
@@ -108,7 +136,8 @@ def materialize(model: Any, dtype: Any, device: Any, seed: int, std: float = DEF
                 continue
             seen.add(id(p))
             full = f"{mod_name}.{pname}" if mod_name else pname
-            value = draw(full, tuple(p.shape), init_kind(module, pname), device, seed, std)
+            where = _device_for(spread, mod_name, device)
+            value = draw(full, tuple(p.shape), init_kind(module, pname), where, seed, std)
             if bnb is not None and pname == "weight" and isinstance(module, bnb.nn.Linear8bitLt):
                 state = dict(p.__dict__)
                 state.pop("SCB", None)  # as transformers' Bnb8bitQuantize: fresh statistics
@@ -116,9 +145,9 @@ def materialize(model: Any, dtype: Any, device: Any, seed: int, std: float = DEF
                 new = bnb.nn.Int8Params(value, requires_grad=False, **state)
                 # from_pretrained quantizes in Int8Params.to(cuda) from a CPU tensor; the value is
                 # already on the device here, where .to() would skip it, so call the same step.
-                new = new._quantize(device)
+                new = new._quantize(where)
             elif bnb is not None and pname == "weight" and isinstance(module, bnb.nn.Linear4bit):
-                new = bnb.nn.Params4bit(value.to(dtype), requires_grad=False, **p.__dict__).to(device)
+                new = bnb.nn.Params4bit(value.to(dtype), requires_grad=False, **p.__dict__).to(where)
             else:
                 new = torch.nn.Parameter(value.to(dtype), requires_grad=p.requires_grad)
             module._parameters[pname] = new

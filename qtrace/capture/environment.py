@@ -135,6 +135,21 @@ TIMING_ENV = ("CUDA_LAUNCH_BLOCKING", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX_C
               "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BNB_CUDA_VERSION", "HF_HUB_OFFLINE")
 
 
+def gpu_inventory() -> list[dict[str, Any]]:
+    """Every visible GPU (a --device-map run may use all of them): index, name, memory and NVML facts."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        dev = torch.device("cuda", i)
+        props = torch.cuda.get_device_properties(dev)
+        out.append({"index": i, "name": props.name, "total_memory_bytes": int(props.total_memory),
+                    "nvml": nvml_facts(dev)})
+    return out
+
+
 def timing_env() -> dict[str, str]:
     return {k: os.environ[k] for k in TIMING_ENV if k in os.environ}
 

@@ -258,6 +258,27 @@ class LoadMemory:
         return out
 
 
+def placement_facts(model: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Where accelerate put the model (its hf_device_map, as layer ranges per device), None without a map.
+
+    A model spread over two or more GPUs also gets the bytes allocated on each GPU right after the load.
+    """
+    from qtrace.capture.placement import gpu_indices, placement_summary
+
+    hf_map = getattr(model, "hf_device_map", None)
+    if not isinstance(hf_map, dict) or not hf_map:
+        return None
+    asked = kwargs.get("device_map")
+    out = placement_summary(hf_map, asked if isinstance(asked, str) else None)
+    gpus = gpu_indices(hf_map)
+    if out is not None and len(gpus) >= 2:
+        import torch
+
+        if torch.cuda.is_available():
+            out["allocated_bytes"] = {f"cuda:{i}": int(torch.cuda.memory_allocated(i)) for i in gpus}
+    return out
+
+
 def load_facts(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
     quant = applied_quantization(model)
     precision, backend = precision_label(quant, model)
@@ -289,4 +310,5 @@ def load_facts(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], memory
         "bytes_by_kind": by_kind,
         "total_bytes": sum(r["bytes"] for r in table),
         "unquantized_linears": unquantized,
+        "placement": placement_facts(model, kwargs),
     }

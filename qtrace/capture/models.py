@@ -314,6 +314,8 @@ class LoadedModel:
     footprint_bytes: int
     allocated_delta_bytes: int | None
     warnings: list[str]
+    placement: dict[str, Any] | None = None  # run.json's placement (qtrace.capture.placement), --device-map only
+    devices: list[Any] = field(default_factory=list)  # the devices the model occupies, first one first
 
 
 def parse_precisions(text: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -386,9 +388,16 @@ def check_task(task: str, kind: str, name: str) -> None:
 
 
 def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_threshold: float = 6.0,
-               trust_remote_code: bool = False, seed: int = 0) -> LoadedModel:
-    """Load `spec` fresh at `precision` on `device`, timing the load and measuring its footprint."""
+               trust_remote_code: bool = False, seed: int = 0, device_map: str | None = None) -> LoadedModel:
+    """Load `spec` fresh at `precision` on `device`, timing the load and measuring its footprint.
+
+    device_map: an accelerate strategy ("auto", ...; qtrace.capture.placement) to spread the model
+    over the visible GPUs; with fewer than two GPUs the model goes whole onto `device`, and says so.
+    """
     import torch
+
+    from qtrace.capture import multi_device
+    from qtrace.capture.placement import placement_summary
 
     check_available([precision], device)
     dtype_name, quant, warnings = _precision_setup(precision, device, int8_threshold)
@@ -399,8 +408,9 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
         # last parameter) misses heads with a bias and then leaves a freshly initialised
         # classification head as an unquantized bnb layer that crashes in forward.
         loader(backend).keep_unquantized(quant, head_modules(spec, task, trust_remote_code))
+    spread, note = multi_device.plan(device_map, device)
     kwargs: dict[str, Any] = {
-        "device_map": {"": device.index if device.type == "cuda" else "cpu"},
+        "device_map": spread or {"": device.index if device.type == "cuda" else "cpu"},
         "use_safetensors": True,  # never unpickle a checkpoint
         "local_files_only": True,
         "low_cpu_mem_usage": True,
@@ -413,27 +423,34 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     if task == "classify":
         kwargs["num_labels"] = CLASSIFY_LABELS
     torch.manual_seed(seed)  # heads that the checkpoint lacks (classify) are initialised from it
-    before = _cuda_allocated(device)
+    gpus = [torch.device("cuda", i) for i in range(multi_device.visible_gpus())] if spread else [device]
+    before = multi_device.allocated(gpus)
     t0 = time.perf_counter()
     with quiet_libraries():
         if spec.source == "device-init":
             from qtrace.capture.device_init import build_on_device
 
             model = build_on_device(_spec_config(spec, task), auto_class(task, spec.kind),
-                                    getattr(torch, dtype_name), device, quant, seed=seed)
+                                    getattr(torch, dtype_name), device, quant, seed=seed, device_map=spread)
         else:
             model = auto_class(task, spec.kind).from_pretrained(str(path), **kwargs)
     model.eval()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        for d in gpus:
+            torch.cuda.synchronize(d)
     seconds = time.perf_counter() - t0
-    after = _cuda_allocated(device)
+    after = multi_device.allocated(gpus)
     _ensure_pad_token(model)
+    placement = None
+    if device_map is not None:  # asked for: record where everything went (one device, or the split)
+        hf_map = getattr(model, "hf_device_map", None) if spread else None
+        placement = placement_summary(hf_map or {"": device.index if device.type == "cuda" else "cpu"},
+                                      device_map, note)
     return LoadedModel(
         model=model, precision=precision, compute_dtype=dtype_name, load_seconds=seconds,
         footprint_bytes=footprint(model),
         allocated_delta_bytes=None if before is None or after is None else after - before,
-        warnings=warnings,
+        warnings=warnings, placement=placement, devices=multi_device.model_devices(model, device),
     )
 
 
@@ -553,15 +570,6 @@ def prepare_checkpoints(spec: ModelSpec, precisions: list[str] | tuple[str, ...]
         if facts is not None:
             out[precision] = facts
     return out
-
-
-def _cuda_allocated(device: Any) -> int | None:
-    if device.type != "cuda":
-        return None
-    import torch
-
-    torch.cuda.synchronize(device)
-    return int(torch.cuda.memory_allocated(device))
 
 
 def _ensure_pad_token(model: Any) -> None:

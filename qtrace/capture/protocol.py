@@ -171,7 +171,12 @@ class PerfClock:
 
 class CudaClock:
     """CUDA events on the current stream: they time the GPU timeline without a sync per
-    iteration, so back-to-back iterations queue as they would in a serving loop."""
+    iteration, so back-to-back iterations queue as they would in a serving loop.
+
+    With several devices (a model split by --device-map) the events are recorded on the first
+    device's current stream after it has been made to wait, on the GPU, for every other device's
+    current stream: a mark is reached once every device got there (qtrace.capture.multi_device
+    says why this and not a host timer)."""
 
     kind = "cuda_event"
 
@@ -179,22 +184,39 @@ class CudaClock:
         import torch
 
         self._torch = torch
-        self._device = device
+        self._devices = as_devices(device)
+        self._device = self._devices[0]
 
     def mark(self) -> Any:
-        event = self._torch.cuda.Event(enable_timing=True)
-        event.record()
+        cuda = self._torch.cuda
+        first = cuda.current_stream(self._device)
+        for other in self._devices[1:]:
+            joined = cuda.Event()
+            joined.record(cuda.current_stream(other))
+            first.wait_event(joined)
+        event = cuda.Event(enable_timing=True)
+        event.record(first)
         return event
 
     def finish(self) -> None:
-        self._torch.cuda.synchronize(self._device)
+        for d in self._devices:
+            self._torch.cuda.synchronize(d)
 
     def ms(self, a: Any, b: Any) -> float:
         return float(a.elapsed_time(b))
 
 
+def as_devices(device: Any) -> list[Any]:
+    """`device` (one torch.device) or a list of them (a model over several GPUs) as a list, first one first."""
+    return list(device) if isinstance(device, list | tuple) else [device]
+
+
+def primary(device: Any) -> Any:
+    return as_devices(device)[0]
+
+
 def make_clock(device: Any) -> PerfClock | CudaClock:
-    return CudaClock(device) if device.type == "cuda" else PerfClock()
+    return CudaClock(device) if primary(device).type == "cuda" else PerfClock()
 
 
 def _token_clock_class() -> type:
@@ -248,7 +270,7 @@ def timed_pass(model: Any, work: Workload, iters: int, device: Any,
     token_clock = _token_clock_class() if work.task == "generate" else None
     # Built before the clock starts: drawing and copying prompts is not part of the pass.
     prompts = [work.with_prompt(i + 1) for i in range(iters)] if token_clock is not None else []
-    meter = EnergyMeter(device).start()
+    meter = EnergyMeter(primary(device)).start()  # NVML energy of the first device only
     wall0 = time.perf_counter()
     for i in range(iters):
         if token_clock is not None:
@@ -278,39 +300,63 @@ def timed_pass(model: Any, work: Workload, iters: int, device: Any,
 
 
 def _sync(device: Any) -> None:
-    if device.type == "cuda":
+    if primary(device).type == "cuda":
         import torch
 
-        torch.cuda.synchronize(device)
+        for d in as_devices(device):
+            torch.cuda.synchronize(d)
 
 
 def _reset_peaks(device: Any) -> None:
     import gc
 
     gc.collect()
-    if device.type == "cuda":
+    if primary(device).type == "cuda":
         import torch
 
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        for d in as_devices(device):
+            torch.cuda.synchronize(d)
+            torch.cuda.reset_peak_memory_stats(d)
     qdevice.reset_peak_rss()
 
 
-def _read_peaks(device: Any) -> dict[str, int | None]:
-    memory: dict[str, int | None] = {
+MEMORY_KEYS = ("max_allocated_bytes", "max_reserved_bytes", "nvml_process_bytes", "nvml_device_used_bytes")
+
+
+def _read_peaks(device: Any) -> dict[str, Any]:
+    """Peak memory of the pass. Several devices: `per_device` holds each one's figures and the
+    top-level figures are their sums (None where any device lacks the figure)."""
+    memory: dict[str, Any] = {
         "max_allocated_bytes": None, "max_reserved_bytes": None, "nvml_process_bytes": None,
         "cpu_peak_rss_bytes": qdevice.peak_rss_bytes(), "nvml_device_used_bytes": None,
     }
-    if device.type == "cuda":
-        import torch
+    devices = as_devices(device)
+    if devices[0].type == "cuda":
+        per = [_device_peaks(d) for d in devices]
+        if len(per) == 1:
+            memory.update({k: per[0][k] for k in MEMORY_KEYS})
+        else:
+            memory.update({k: _sum_or_none([p[k] for p in per]) for k in MEMORY_KEYS})
+            memory["per_device"] = per
+    return memory
 
-        memory["max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        memory["max_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+
+def _device_peaks(device: Any) -> dict[str, Any]:
+    import torch
+
+    return {
+        "device": str(device), "index": device.index,
+        "max_allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
+        "max_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
         # Read right after the pass: the caching allocator still holds its peak blocks, so
         # the driver's figure is the pass's footprint plus the CUDA context.
-        memory["nvml_process_bytes"] = qdevice.nvml_process_bytes(device)
-        memory["nvml_device_used_bytes"] = qdevice.nvml_device_used_bytes(device)
-    return memory
+        "nvml_process_bytes": qdevice.nvml_process_bytes(device),
+        "nvml_device_used_bytes": qdevice.nvml_device_used_bytes(device),
+    }
+
+
+def _sum_or_none(values: list[int | None]) -> int | None:
+    return None if any(v is None for v in values) else int(sum(v for v in values if v is not None))
 
 
 def latency_block(timing: Timing, batch_size: int) -> dict[str, Any]:
@@ -495,7 +541,7 @@ def lean_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: P
     and CUDA runtime call with correlation ids, and a host-bound pass stays within ~10% of its
     un-profiled time. Its phases come from the full trace (qtrace.analyzers.lean_alignment).
     """
-    if device.type != "cuda":
+    if primary(device).type != "cuda":
         raise ValueError("a lean (CUDA-activity-only) trace needs a CUDA device")
     return _recorded_pass(model, work, steps, device, trace_path, {**metadata, "lean": True}, progress, lean=True)
 
@@ -549,7 +595,7 @@ def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_pa
     if lean:
         activities = [ProfilerActivity.CUDA]
     else:
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if primary(device).type == "cuda" else [])
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     fd, raw = tempfile.mkstemp(prefix=".trace.", suffix=".json", dir=trace_path.parent)
     os.close(fd)

@@ -24,6 +24,7 @@ from typing import Any
 
 from qtrace import __version__, fileio
 from qtrace.capture.energy import energy_block
+from qtrace.capture.placement import parse_device_map
 from qtrace.capture.quality import QualityProbe
 from qtrace.errors import QtraceError
 
@@ -52,6 +53,7 @@ class Settings:
     trust_remote_code: bool = False
     lean: bool | None = None  # None: on where the device is CUDA
     decode: str = "dynamic"  # "static": static KV cache + CUDA graphs where the precision allows
+    device_map: str | None = None  # an accelerate strategy (qtrace.capture.placement), None: all on `device`
 
     def validate(self) -> None:
         for name in ("batch_size", "seq_len", "new_tokens", "iters"):
@@ -66,6 +68,7 @@ class Settings:
             raise QtraceError(f"--outlier-dims must be 0 or more, got {self.outlier_dims}")
         if self.decode not in ("dynamic", "static"):
             raise QtraceError(f"--decode must be dynamic or static, got {self.decode!r}")
+        parse_device_map(self.device_map)
 
 
 class ProfileResult:
@@ -162,6 +165,7 @@ def profile(
     progress: Callable[[str], None] | None = None,
     quiet: bool = False,
     decode: str = "dynamic",
+    device_map: str | None = None,
 ) -> ProfileResult:
     """Load `model` at each precision in turn, measure it, record a trace; see docs/profile.md.
 
@@ -170,12 +174,16 @@ def profile(
     nf4 (default fp16,int8,nf4 on CUDA, fp32,int8,nf4 on CPU). progress: called with one-line
     status messages (default: stderr, unless quiet). lean: beside each full trace, record the
     same steps with CUDA activity only (`<precision>/lean_trace.json.gz`, the trace `qtrace
-    compare` times phases with); default on a CUDA device, impossible on a CPU.
+    compare` times phases with); default on a CUDA device, impossible on a CPU. device_map:
+    "auto" (or "balanced", "balanced_low_0", "sequential") spreads the model over the visible
+    GPUs with accelerate, as `from_pretrained(device_map="auto")` does; run.json records where
+    each layer went and memory per GPU. With one GPU (or none) the model stays whole on `device`.
     """
     from qtrace.capture import models
 
+    strategy = parse_device_map(device_map)
     settings = Settings(model, None, task, batch_size, seq_len, new_tokens, warmup, iters, profile_steps,
-                        device, seed, float(int8_threshold), outlier_dims, trust_remote_code, lean, decode)
+                        device, seed, float(int8_threshold), outlier_dims, trust_remote_code, lean, decode, strategy)
     settings.validate()
     if task not in models.TASKS:
         raise QtraceError(f"unknown task {task!r}; choose from {', '.join(models.TASKS)}")
@@ -185,6 +193,7 @@ def profile(
     from qtrace.capture import environment as qdevice
 
     dev = qdevice.resolve_device(device)
+    _check_device_map(strategy, dev)
     chosen = chosen or models.default_precisions(dev.type)
     models.check_available(chosen, dev)  # a GPU-only or missing-package precision: one line, before any work
     out_path = Path(out) if out is not None else default_out_dir(model or models.DEFAULT_PRESET)
@@ -198,6 +207,13 @@ def profile(
     out_path = fileio.prepare_out_dir(out_path, force)
     _clear_old_results(out_path)
     return _Runner(settings, tuple(chosen), dev, spec, out_path, say).run()
+
+
+def _check_device_map(strategy: str | None, dev: Any) -> None:
+    """A split starts on GPU 0 and uses every visible GPU: --device cuda:N (N > 0) cannot say which to use."""
+    if strategy is not None and dev.type == "cuda" and (dev.index or 0) != 0:
+        raise QtraceError(f"--device-map {strategy} spreads the model over every visible GPU from cuda:0; "
+                          f"choose the GPUs with CUDA_VISIBLE_DEVICES instead of --device {dev}")
 
 
 def default_out_dir(model: str) -> Path:
@@ -310,7 +326,12 @@ class _Runner:
             "outlier_dim_indices": [], "device": str(self.dev), "precisions": list(self.precisions),
             "trust_remote_code": s.trust_remote_code, "lean": self._lean_on(),
             **({"decode": s.decode} if s.decode != "dynamic" else {}),
+            **({"device_map": s.device_map} if s.device_map else {}),
         }
+        if s.device_map:  # every visible GPU's facts (name, memory, NVML), not just the first's
+            from qtrace.capture import environment as qdevice
+
+            environment = {**environment, "gpus": qdevice.gpu_inventory()}
         return {
             "qtrace_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -329,8 +350,11 @@ class _Runner:
         try:
             self.say.line(f"{tag} loading {self.spec.name} ...")
             loaded = models.load_model(self.spec, precision, self.s.task, self.dev, self.s.int8_threshold,
-                                       self.s.trust_remote_code, self.s.seed)
+                                       self.s.trust_remote_code, self.s.seed, device_map=self.s.device_map)
             entry["compute_dtype"] = loaded.compute_dtype
+            if loaded.placement is not None:
+                entry["placement"] = loaded.placement
+                self.say.line(f"{tag} placement: {loaded.placement.get('note') or loaded.placement['summary']}")
             entry["warnings"] = list(loaded.warnings)
             for w in loaded.warnings:
                 self.say.line(f"{tag} warning: {w}")
@@ -357,6 +381,8 @@ class _Runner:
         from qtrace.capture import protocol as capture
 
         model = loaded.model
+        # The devices the clock, syncs and memory readings cover: every GPU of a split model.
+        devs = loaded.devices if len(loaded.devices) > 1 else self.dev
         dims = models.apply_outlier_dims(model, self.s.outlier_dims)
         self.outlier_indices = dims
         if self.config_summary is None:
@@ -372,8 +398,8 @@ class _Runner:
             entry["decode"] = "static"
         self.say.line(f"{tag} warm-up x{self.s.warmup}, timed x{self.s.iters} ({self.s.task}, "
                       f"batch {self.s.batch_size}, seq {self.s.seq_len})")
-        capture.warm_up(model, work, self.s.warmup, self.dev, self.say.counter(tag))
-        timing = capture.timed_pass(model, work, self.s.iters, self.dev, self.say.counter(tag))
+        capture.warm_up(model, work, self.s.warmup, devs, self.say.counter(tag))
+        timing = capture.timed_pass(model, work, self.s.iters, devs, self.say.counter(tag))
         entry["timer"] = timing.clock
         entry["latency_ms"] = capture.latency_block(timing, self.s.batch_size)
         entry["generate"] = capture.generate_block(timing, work)
@@ -386,14 +412,16 @@ class _Runner:
             self.say.line(f"{tag} --profile-steps 0: no trace recorded")
             return
         meta = self._metadata(loaded)
+        if loaded.placement is not None:
+            meta["placement"] = {k: v for k, v in loaded.placement.items() if k != "hf_device_map"}
         # The lean trace right after the timed pass, then a short timed burst: its steps sit between
         # two un-profiled stretches, so the host's drift during it is measured, not guessed.
-        if self._lean(model, work, loaded, meta, entry, tag):
-            after = capture.timed_pass(model, work, after_lean_iters(self.s.iters), self.dev, self.say.counter(tag))
+        if self._lean(model, work, loaded, meta, entry, tag, devs):
+            after = capture.timed_pass(model, work, after_lean_iters(self.s.iters), devs, self.say.counter(tag))
             entry["latency_ms"]["after_lean"] = capture.stats(after.per_iter_ms)
         trace = self.out / loaded.precision / TRACE_NAME
         self.say.line(f"{tag} profiling {self.s.profile_steps} step(s) ...")
-        info = capture.profiled_pass(model, work, self.s.profile_steps, self.dev, trace, meta,
+        info = capture.profiled_pass(model, work, self.s.profile_steps, devs, trace, meta,
                                      self.say.counter(tag))
         entry["trace"] = trace.relative_to(self.out).as_posix()
         entry["trace_bytes"] = info["trace_bytes"]
@@ -404,7 +432,7 @@ class _Runner:
         return self.dev.type == "cuda" and self.s.lean is not False
 
     def _lean(self, model: Any, work: Any, loaded: Any, meta: dict[str, Any], entry: dict[str, Any],
-              tag: str) -> bool:
+              tag: str, devs: Any = None) -> bool:
         """The lean trace of the full one's steps (run.json: lean_trace, lean_trace_bytes); True if written."""
         from qtrace.capture import protocol as capture
 
@@ -420,7 +448,8 @@ class _Runner:
         try:
             if capture.prime_cupti(model, work, self.dev):
                 self.say.line(f"{tag} CUPTI primed (a throwaway lean session: a process's first one runs slower)")
-            info = capture.lean_pass(model, work, self.s.profile_steps, self.dev, lean, meta, self.say.counter(tag))
+            info = capture.lean_pass(model, work, self.s.profile_steps, devs if devs is not None else self.dev, lean,
+                                     meta, self.say.counter(tag))
         except Exception as exc:  # the full trace and timings stand without it
             entry["lean_note"] = f"lean trace failed: {one_line(exc)}"
             self.say.line(f"{tag} {entry['lean_note']}")
@@ -493,6 +522,7 @@ def equivalent_command(s: Settings, model: str, precisions: tuple[str, ...], dev
     if s.lean is not None:
         cmd.append("--lean" if s.lean else "--no-lean")
     cmd += ["--decode", s.decode] if s.decode != "dynamic" else []
+    cmd += ["--device-map", s.device_map] if s.device_map else []
     return cmd + (["--trust-remote-code"] if s.trust_remote_code else [])
 
 

@@ -1,7 +1,7 @@
 """Presets of real model shapes for the size sweep (issue 17), and family short names.
 
 Config values are copied from the public ``config.json`` of each Hugging Face repository
-(Qwen/Qwen2.5-{0.5B,1.5B,3B,7B,14B,32B} and meta-llama/Meta-Llama-3-8B, as published in
+(Qwen/Qwen2.5-{0.5B,1.5B,3B,7B,14B,32B,72B} and meta-llama/Meta-Llama-3-8B, as published in
 2024): hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 num_key_value_heads, vocab_size, tie_word_embeddings, rope_theta, rms_norm_eps,
 max_position_embeddings. Qwen2.5 up to 3B ties the LM head to the embedding (vocab 151936);
@@ -40,13 +40,18 @@ SIZE_SHAPES: dict[str, tuple[dict[str, Any], float, str]] = {
     "qwen2.5-32b": (dict(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
                          num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False,
                          rms_norm_eps=1e-5, **_QWEN_COMMON), 32.8, "Qwen/Qwen2.5-32B"),
+    # 72B: 145 GB of fp16 weights, more than one 141 GB H200 holds: the --device-map case (issue 19).
+    # (The Instruct checkpoint writes rms_norm_eps 1e-6; the eps changes no shape or count.)
+    "qwen2.5-72b": (dict(vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
+                         num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False,
+                         rms_norm_eps=1e-5, **_QWEN_COMMON), 72.7, "Qwen/Qwen2.5-72B"),
     "llama3-8b": (dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False,
                        rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192,
                        bos_token_id=128000, eos_token_id=128001), 8.03, "meta-llama/Meta-Llama-3-8B"),
 }
 SIZE_FAMILIES = {"qwen2.5-1.5b": "qwen2", "qwen2.5-3b": "qwen2", "qwen2.5-7b": "qwen2", "qwen2.5-14b": "qwen2",
-                 "qwen2.5-32b": "qwen2", "llama3-8b": "llama"}
+                 "qwen2.5-32b": "qwen2", "qwen2.5-72b": "qwen2", "llama3-8b": "llama"}
 # The on-disk 0.5B preset's published count (Qwen/Qwen2.5-0.5B), for the meta-device test.
 PUBLISHED_BILLIONS = {"qwen2.5-0.5b": 0.49, **{k: v[1] for k, v in SIZE_SHAPES.items()}}
 

@@ -60,11 +60,15 @@ class _SupportHelp(click.Command):
 @click.option("--lean/--no-lean", default=None,
               help="After the timed pass, record the profiled steps with CUDA activity only (lean_trace.json.gz), "
                    "which `qtrace compare` times phases with. Default: on with a CUDA device; a CPU has none.")
+@click.option("--device-map", "device_map", default=None, metavar="STRATEGY",
+              help="Spread the model over the visible GPUs with accelerate: auto, balanced, balanced_low_0 or "
+                   "sequential (as from_pretrained's device_map); none (default) keeps it on --device. With one GPU "
+                   "the model stays whole on it and the run says so. run.json records layers and memory per GPU.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def profile_cmd(model: str | None, precisions: str | None, task: str, batch_size: int, seq_len: int,
                 new_tokens: int, warmup: int, iters: int, profile_steps: int, device: str, out: str | None,
                 force: bool, seed: int, int8_threshold: float, outlier_dims: int, trust_remote_code: bool,
-                lean: bool | None, quiet: bool) -> None:
+                lean: bool | None, device_map: str | None, quiet: bool) -> None:
     """Measure MODEL at several precisions and record one torch.profiler trace per precision.
 
     MODEL is a built-in preset (default tiny-llama; see `qtrace presets`), a local Hugging Face
@@ -78,7 +82,7 @@ def profile_cmd(model: str | None, precisions: str | None, task: str, batch_size
                      new_tokens=new_tokens, warmup=warmup, iters=iters, profile_steps=profile_steps,
                      device=device, out=out, force=force, seed=seed, int8_threshold=int8_threshold,
                      outlier_dims=outlier_dims, trust_remote_code=trust_remote_code, lean=lean,
-                     quiet=quiet)
+                     quiet=quiet, device_map=device_map)
     click.echo(result.table())
     click.echo(f"run folder: {result.out}")
 

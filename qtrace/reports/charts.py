@@ -59,6 +59,7 @@ _PALETTE = {
     "elementwise": "#2ca02c",
     "embedding": "#98df8a",
     "compiled": "#e7ba52",
+    "device.copy": "#d6616b",
     "comm": "#843c39",
     "memcpy": "#7f7f7f",
     "other": "#c7c7c7",

@@ -11,7 +11,7 @@ from qtrace.analyzers.compare import EXPLAIN_COST, EXPLAIN_CPU, Comparison, RunC
 from qtrace.analyzers.quality import quality_line
 from qtrace.analyzers.ranking import ranking
 from qtrace.fileio import write_json, write_text
-from qtrace.markup import md_escape, md_table, ms, text_table
+from qtrace.markup import md_escape, md_table, mib, ms, pct, text_table
 
 DELTA_HEADERS = ["phase", "group", "ΔGPU ms", "ΔCPU ms", "Δlaunches", "Δsyncs", "Δsync ms", "ΔGPU-idle ms"]
 
@@ -207,6 +207,13 @@ def ranking_rows(c: Comparison) -> list[list[str]]:
 
 RANK_NOTE = ("Ranked by latency; [#n] ranks memory and error (1 = least). Error is against the baseline on the same "
              "inputs (with random weights: quantization error, not task accuracy); '-' where not measured.")
+GPU_HEADERS = ["run", "GPU", "GPU ms", "busy ms", "busy %", "waits for other GPU ms", "peer copy ms",
+               "peak alloc (un-profiled)"]
+
+
+def _gpu_rows(c: Comparison) -> list[list[str]]:
+    return [[d["run"], str(d["device"]), ms(d["gpu_time_us"]), ms(d["busy_us"]), pct(d["busy_share"]),
+             ms(d["waiting_us"]), ms(d["copy_us"], 3), mib(d["max_allocated_bytes"])] for d in c.devices]
 
 
 def render_text(c: Comparison, top: int = 5) -> str:
@@ -214,6 +221,8 @@ def render_text(c: Comparison, top: int = 5) -> str:
     out += [f"note: {n}" for n in c.notes]
     out += ["", text_table(RUN_HEADERS, _run_rows(c))]
     out += ["", "== Ranking", text_table(RANK_HEADERS, ranking_rows(c)), RANK_NOTE]
+    if c.devices:
+        out += ["", f"GPUs ({unit_words(c)}):", text_table(GPU_HEADERS, _gpu_rows(c), "ll" + "r" * 6)]
     for comp in c.comparisons:
         out += ["", f"== {comp.run.label} vs {c.baseline.label} ({comp.run.source})"]
         out += headline(c, comp, top)
@@ -237,6 +246,10 @@ def render_markdown(c: Comparison, top: int = 5, charts: dict[str, str] | None =
             md_escape(RANK_NOTE)]
     if "ranking" in charts:
         out += ["", f"![ranking]({charts['ranking']})"]
+    if c.devices:
+        out += ["", "## GPUs", "", f"Per GPU, {md_escape(unit_words(c))}: busy is the union of its events; it waits "
+                "while idle and another GPU works; peak alloc is run.json's un-profiled figure for that GPU.", "",
+                md_table(GPU_HEADERS, [[md_escape(x) for x in r] for r in _gpu_rows(c)], "ll" + "r" * 6)]
     if "phases" in charts:
         out += ["", f"![phase time per run]({charts['phases']})"]
     for comp in c.comparisons:
@@ -310,6 +323,9 @@ def write_outputs(c: Comparison, out: Path, top: int = 5, charts: dict[str, str]
                        ("runs.csv", runs_frame(c).to_csv(index=False))):
         write_text(out / name, text)
         written.append(out / name)
+    if c.devices:  # a run used several GPUs
+        write_text(out / "devices.csv", pd.DataFrame(c.devices).to_csv(index=False))
+        written.append(out / "devices.csv")
     write_json(out / "compare.json", c.to_dict())
     written.append(out / "compare.json")
     return written

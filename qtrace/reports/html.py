@@ -19,6 +19,7 @@ from qtrace.analyzers.trace_analysis import TraceReport
 from qtrace.fileio import write_bytes, write_text
 from qtrace.markup import ms, pct
 from qtrace.reports import charts as ch
+from qtrace.reports import device_report
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
@@ -136,6 +137,7 @@ def report_html(reports: list[TraceReport], annotated: Sequence[str] = (), top: 
                     "host ops in the phase; GPU-idle ms is the time the GPU sat idle while the launching thread was "
                     "in the phase (with GPU busy time it adds up to the window).</p>")
         body.append(_table(PHASE_HEADERS, _phase_rows(r), left=2, total_last=True))
+        body += device_report.html_tables(r.extra.get("devices"), _table)
         key = f"kernels:{lab}"
         if key in charts:
             body.append("<h3>Top kernels</h3>")
@@ -204,6 +206,9 @@ def compare_html(c: Comparison, charts: dict[str, tuple[str, bytes]], annotated:
     body.append(f'<p class="note">{_e(cr.RANK_NOTE)}</p>')
     if "ranking" in charts:
         body.append(_img(charts["ranking"][1], "ranking", charts["ranking"][0]))
+    if c.devices:  # a run used several GPUs: per GPU busy, waiting, peer copies, peak memory
+        body.append(f"<h2>GPUs</h2><p>Per GPU, {_e(cr.unit_words(c))}.</p>")
+        body.append(_table(cr.GPU_HEADERS, cr._gpu_rows(c), left=2))
     for comp in c.comparisons:
         lab = comp.run.label
         body.append(f"<h2>{_e(lab)} vs {_e(c.baseline.label)}</h2>")

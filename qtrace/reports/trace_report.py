@@ -12,6 +12,7 @@ from qtrace.analyzers.quality import quality_line
 from qtrace.analyzers.trace_analysis import TraceReport
 from qtrace.fileio import write_json, write_text
 from qtrace.markup import md_escape, md_table, ms, pct, shorten, text_table
+from qtrace.reports import device_report
 
 PHASE_HEADERS = ["phase", "group", "GPU ms", "GPU %", "kernels", "host CPU ms", "launches", "syncs", "sync ms",
                  "GPU-idle ms"]
@@ -67,6 +68,12 @@ def headline(r: TraceReport) -> list[str]:
             per_step = r.steps["span_us"].median() / 1000
             line += f"; profiled step span {per_step:.2f} ms (the profiler slows it x{per_step / lat['median']:.1f})"
         lines.append(line)
+    placed = (r.measured or {}).get("placement")
+    if isinstance(placed, dict) and (placed.get("note") or placed.get("summary")):
+        lines.append(f"Placement (--device-map {placed.get('strategy')}): {placed.get('note') or placed['summary']}")
+    devs = r.extra.get("devices")
+    if isinstance(devs, dict) and devs.get("summary"):
+        lines.append(f"Devices: {devs['summary']}")
     mem = r.extra.get("memory")
     if isinstance(mem, dict) and mem.get("summary"):
         lines.append(f"Memory: {mem['summary']}")
@@ -138,6 +145,7 @@ def render_text(reports: list[TraceReport]) -> str:
         out += headline(r)
         out.append("")
         out.append(text_table(PHASE_HEADERS, _phase_rows(r), "ll" + "r" * 8))
+        out += device_report.render_text(r.extra.get("devices"))
         if len(r.steps):
             out += ["", text_table(STEP_HEADERS, _step_rows(r))]
         if len(r.kernels):
@@ -159,6 +167,7 @@ def render_markdown(reports: list[TraceReport]) -> str:
                 "GPU time adds up to the trace's GPU time; host CPU ms is the self time of host ops in the "
                 "phase; GPU-idle ms is the time the GPU sat idle while the launching thread was in the phase.", ""]
         out.append(md_table(PHASE_HEADERS, [[md_escape(c) for c in row] for row in _phase_rows(r)], "ll" + "r" * 8))
+        out += device_report.render_markdown(r.extra.get("devices"))
         if len(r.steps):
             out += ["", "### Steps", "", md_table(STEP_HEADERS, _step_rows(r))]
         if len(r.kernels):
@@ -205,6 +214,12 @@ def write_outputs(reports: list[TraceReport], out: Path, source: str, run: dict[
             path = out / f"{prefix}{name}.csv"
             write_text(path, df.to_csv(index=False))
             written.append(path)
+        devs = r.extra.get("devices")
+        if isinstance(devs, dict) and devs.get("devices"):  # a trace with GPU events on several devices
+            for name, key in (("devices", "devices"), ("device_phases", "phases"), ("device_copies", "copies")):
+                path = out / f"{prefix}{name}.csv"
+                write_text(path, pd.DataFrame(devs[key]).to_csv(index=False))
+                written.append(path)
     return written
 
 

@@ -20,7 +20,9 @@ Tables (timestamps in microseconds relative to the first event, as floats):
   bytes of the op's ``Input Dims`` / ``Input type`` (or None); equal values share one object.
 - ``runtime``: CUDA runtime/driver calls, with the ``op`` that issued them (innermost range).
 - ``gpu``: kernels, GPU memcpy and memset, joined to their launching ``runtime`` call by the
-  correlation id and so to ``op``.
+  correlation id and so to ``op``. ``device`` is the GPU that ran the event (a peer copy, which
+  Kineto writes without ``device``, gives its ``inDevice``); ``src_device`` / ``dst_device`` are a
+  copy's ``fromDevice`` / ``toDevice`` (absent elsewhere).
 - ``memory``: allocator ``[memory]`` instant events, with the ``op`` that was running.
 """
 
@@ -80,6 +82,10 @@ class _Args(msgspec.Struct, gc=False):
     total_reserved: _IntArg = msgspec.field(name="Total Reserved", default=_NA)
     device_id: _IntArg = msgspec.field(name="Device Id", default=_NA)
     device_type: _IntArg = msgspec.field(name="Device Type", default=_NA)
+    # A peer copy (Memcpy PtoP) names its devices instead of "device": source, the device that ran it, target.
+    from_device: _IntArg = msgspec.field(name="fromDevice", default=_NA)
+    in_device: _IntArg = msgspec.field(name="inDevice", default=_NA)
+    to_device: _IntArg = msgspec.field(name="toDevice", default=_NA)
     # Shapes stay raw JSON text until an analyzer asks for them (roofline, outlier counts).
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_NO_RAW)
     input_type: msgspec.Raw = msgspec.field(name="Input type", default=_NO_RAW)
@@ -468,14 +474,16 @@ _X_KIND.update({old: _X_KIND[new] for old, new in LEGACY_CATS.items()})
 
 HOST_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "input_dims", "input_type")
 RUNTIME_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "correlation")
-GPU_COLUMNS = ("name", "cat", "device", "stream", "ts", "dur", "ext_id", "correlation", "bytes")
+GPU_COLUMNS = ("name", "cat", "device", "stream", "ts", "dur", "ext_id", "correlation", "bytes", "src_device",
+               "dst_device")
 MEMORY_COLUMNS = ("pid", "tid", "ts", "device_type", "device_id", "addr", "bytes", "total_allocated",
                   "total_reserved")
 _STR_COLS = ("name", "cat", "pid", "tid")
 _ARG_FIELD = {"ext_id": "external_id", "correlation": "correlation", "device": "device", "stream": "stream",
               "bytes": "bytes", "device_type": "device_type", "device_id": "device_id", "addr": "addr",
               "total_allocated": "total_allocated", "total_reserved": "total_reserved",
-              "input_dims": "input_dims", "input_type": "input_type"}
+              "input_dims": "input_dims", "input_type": "input_type", "src_device": "from_device",
+              "dst_device": "to_device"}
 _MEM_ARG_FIELD = {**_ARG_FIELD, "bytes": "mem_bytes"}
 
 
@@ -578,6 +586,15 @@ _TABLE_KINDS = (("gpu", _KIND_GPU), ("host", _KIND_HOST), ("runtime", _KIND_RUNT
 _get_ts = operator.attrgetter("ts")
 _ARG_GETTERS = {t: [(c, operator.attrgetter((_MEM_ARG_FIELD if t == "memory" else _ARG_FIELD)[c]))
                     for c in cols if c in _ARG_FIELD] for t, cols in _TABLE_COLUMNS.items()}
+
+
+def _gpu_device(a: _Args) -> Any:
+    """The device a GPU event ran on: its "device" argument, else (peer copies) its "inDevice"."""
+    d = a.device
+    return a.in_device if d is None or d == _NA else d
+
+
+_ARG_GETTERS["gpu"] = [(c, _gpu_device if c == "device" else get) for c, get in _ARG_GETTERS["gpu"]]
 
 
 def _int_of(v: int | str) -> int:
