@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from qtrace.analyzers.lean_steps import sync_steps
+from qtrace.analyzers.lean_steps import step_bounds, sync_steps
 from qtrace.capture import models
 from qtrace.capture import protocol as capture
 from qtrace.capture.environment import environment, resolve_device
@@ -52,12 +52,9 @@ def step_spans_ms(path: Path, expected: int) -> list[float]:
     steps = sync_steps(trace, expected)
     spans = []
     for k in range(steps.n):
-        r = trace.runtime[steps.runtime == k]
-        g = trace.gpu[steps.gpu == k]
-        starts = [float(x["ts"].min()) for x in (r, g) if len(x)]
-        ends = [float(x["end"].max()) for x in (r, g) if len(x)]
-        if starts:
-            spans.append((max(ends) - min(starts)) / 1000.0)
+        bounds = step_bounds(trace.runtime[steps.runtime == k], trace.gpu[steps.gpu == k])
+        if bounds is not None:
+            spans.append((bounds[1] - bounds[0]) / 1000.0)
     return spans
 
 

@@ -100,9 +100,7 @@ class RunFigures:
     @property
     def after_lean_ms(self) -> float | None:
         """Median of the un-profiled burst timed right after the lean pass (run.json latency_ms.after_lean)."""
-        lat = ((self.report.measured or {}).get("latency_ms") or {}).get("after_lean") or {}
-        med = lat.get("median")
-        return float(med) if isinstance(med, int | float) and math.isfinite(med) and med > 0 else None
+        return measured_latency_ms(self.report, "after_lean")
 
     @property
     def timing_drift(self) -> float | None:
@@ -240,9 +238,9 @@ def pass_count(report: TraceReport, passes: int | None = None) -> tuple[int | No
     return None, "unknown"
 
 
-def measured_latency_ms(report: TraceReport) -> float | None:
-    m = report.measured or {}
-    lat = (m.get("latency_ms") or {}).get("per_iter") or {}
+def measured_latency_ms(report: TraceReport, block: str = "per_iter") -> float | None:
+    """The positive, finite median of run.json's ``latency_ms.<block>`` (per_iter, after_lean), else None."""
+    lat = ((report.measured or {}).get("latency_ms") or {}).get(block) or {}
     med = lat.get("median")
     if isinstance(med, int | float) and math.isfinite(med) and med > 0:
         return float(med)

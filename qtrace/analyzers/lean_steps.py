@@ -108,6 +108,14 @@ def sync_steps(trace: Trace, expected: int | None = None) -> Steps:
     return Steps(rt_step, _gpu_steps(trace, rt_step, cuts), max(n, 1), source, thread, notes, per_step)
 
 
+def step_bounds(runtime: pd.DataFrame, gpu: pd.DataFrame) -> tuple[float, float] | None:
+    """(first start, last end), in µs, over one step's runtime calls and GPU events; None if it has neither."""
+    starts = [float(x["ts"].min()) for x in (runtime, gpu) if len(x)]
+    if not starts:
+        return None
+    return min(starts), max(float(x["end"].max()) for x in (runtime, gpu) if len(x))
+
+
 def trace_steps(trace: Trace, expected: int | None = None) -> Steps:
     """Markers where the trace has them, else the sync boundaries (lean traces)."""
     return marker_steps(trace) or sync_steps(trace, expected)

@@ -23,7 +23,6 @@ Pure pandas; no torch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import pandas as pd
 
 from qtrace.analyzers.attribution import ASYNC_COPY_CALLS, SYNC_CALLS
 from qtrace.analyzers.lean_alignment import UNMATCHED, Alignment, align
+from qtrace.analyzers.lean_steps import step_bounds
 from qtrace.tracefile.kineto import Trace, load_trace
 
 PHASE_FIELDS = ("gpu_time_us", "gpu_busy_us", "host_us", "launches", "syncs", "sync_us")
@@ -147,10 +147,10 @@ def lean_timing(lean: Trace, alignment: Alignment) -> LeanTiming:
     for k in range(steps.n):
         r = rt[(rt_step == k)]
         g = gpu[g_step == k]
-        if not len(r) and not len(g):
+        bounds = step_bounds(r, g)
+        if bounds is None:
             continue
-        s = float(min(r["ts"].min() if len(r) else math.inf, g["ts"].min() if len(g) else math.inf))
-        e = float(max(r["end"].max() if len(r) else -math.inf, g["end"].max() if len(g) else -math.inf))
+        s, e = bounds
         host = r[on_thread[rt_step == k]].sort_values("ts", kind="stable")
         gpu_part, host_part, busy = _split_pass(
             s, e, g["ts"].to_numpy(), g["end"].to_numpy(), g_phase.reindex(g.index).to_numpy(dtype=object),
