@@ -10,6 +10,7 @@ source, `gptqmodel/nn_modules/qlinear/`). A quantized linear is one of its own m
   and zero, `sub` + `mul` dequantize, and an ordinary `matmul` / `mm` runs on the float weight;
   a bias `add`. The whole weight is rebuilt on every forward, which is what these kernels cost;
 - Triton (`TritonV2Linear`, CUDA): the same unpack + dequant as one Triton kernel, then `matmul`;
+  on CUDA the GPTQ torch kernel launches that Triton `dequant_kernel` too (H200 traces);
 - fused kernels (`MarlinLinear`, `AwqMarlinLinear`, ExLlama, AWQ GEMM; CUDA, compiled with nvcc
   on first use): one custom op, namespace `gptqmodel_marlin_fp16::` (`gptq_marlin_gemm_fp16`)
   and kin, whose kernel reads the int4 weight directly: an int4 x fp16 GEMM, no float weight.
@@ -65,7 +66,9 @@ OP_RULES: list[Rule] = [
          module=_TORCH_KERNELS, ops=_UNPACK_OPS),
     Rule("gptqmodel.dequant", "torch kernel: group scales and zeros gathered by g_idx, (w - z) * s",
          module=_TORCH_KERNELS, ops=_DEQUANT_OPS),
-    Rule("gptqmodel.dequant", "Triton kernel: the fused unpack + dequant kernel", module=r"^TritonV2Linear$",
+    # TritonV2Linear always; on CUDA the torch kernel (TorchLinear) launches the same Triton
+    # `dequant_kernel` for its weight (seen on the H200, traces/gptqmodel/).
+    Rule("gptqmodel.dequant", "Triton kernel: the fused unpack + dequant kernel", module=_TORCH_KERNELS,
          kind=r"^kernel$", kernel=r"triton|dequant"),
     Rule("gptqmodel.glue", "casts, views, bias add and buffers around the quantized linear's GEMM",
          module=_ANY_QLINEAR, ops=_CASTS_AND_VIEWS),
