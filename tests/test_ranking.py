@@ -75,3 +75,28 @@ def test_chart_json_and_text(comparison, tmp_path: Path, capsys: pytest.CaptureF
     assert code == 0, err
     assert "## Ranking" in (folder / "report.md").read_text()
     assert "<h2>Ranking</h2>" in (folder / "report.html").read_text()
+
+
+def test_a_delta_inside_the_timing_noise_is_flagged() -> None:
+    """GPTQ-Marlin vs fp16 on the H200 (traces/gptqmodel/): a 0.16 ms delta against several ms of
+    spread; its explained share (explained / 0.16 ms) is flagged, the torch kernel's 94 ms is not."""
+    from qtrace.reports.compare_report import ranking_rows
+
+    run = Path(__file__).resolve().parent.parent / "traces" / "gptqmodel" / "qwen_cls_bs32"
+    reports = analyze_target(load_target(str(run)))
+    c = compare_reports(reports, labels=run_labels(reports))
+    rows = {r["run"]: r for r in ranking(c)}
+    measured = json.loads((run / "run.json").read_text())["precisions"]
+
+    def spread(p: str) -> float:
+        lat = measured[p]["latency_ms"]["per_iter"]
+        return lat["p90"] - lat["min"]
+
+    delta = abs(rows["gptq-int4-marlin"]["latency_ms"] - rows["fp16"]["latency_ms"])
+    assert rows["gptq-int4-marlin"]["delta_within_noise"] is (delta <= spread("fp16") + spread("gptq-int4-marlin"))
+    assert rows["gptq-int4-marlin"]["delta_within_noise"] is True
+    assert rows["awq-int4-torch"]["delta_within_noise"] is False
+    assert rows["fp16"]["delta_within_noise"] is None
+    cells = {r[1]: r[-1] for r in ranking_rows(c)}
+    assert cells["gptq-int4-marlin"].endswith("(delta within noise)")
+    assert "noise" not in cells["awq-int4-torch"]

@@ -477,6 +477,14 @@ def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict
     return out, note
 
 
+def delta_within_noise(base: RunFigures, run: RunFigures) -> bool | None:
+    """Whether the measured latency delta is no larger than the timed passes' own spread (p90 - min
+    of both runs); then an explained share (explained / delta) divides by noise and says nothing."""
+    if None in (base.measured_ms, run.measured_ms, base.measured_spread_ms, run.measured_spread_ms):
+        return None
+    return abs(run.measured_ms - base.measured_ms) <= base.measured_spread_ms + run.measured_spread_ms
+
+
 def residual_reading(base: RunFigures, run: RunFigures, residual_us: float) -> str:
     """Whether timing noise alone can account for the residual: compared with the timed passes' spread."""
     if base.measured_spread_ms is None or run.measured_spread_ms is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qtrace.analyzers.compare import Comparison, RunComparison, RunFigures
+from qtrace.analyzers.compare import Comparison, RunComparison, RunFigures, delta_within_noise
 
 PEAK_KEYS = (("max_allocated_bytes", "allocator peak"), ("footprint_bytes", "model footprint"))
 
@@ -78,6 +78,8 @@ def ranking(c: Comparison) -> list[dict[str, Any]]:
             "max_abs_diff": 0.0 if f is c.baseline else _finite(q.get("max_abs_diff")),
             "main_phase": phase, "main_phase_ms": phase_ms,
             "explained_share": comp.explained_share if comp else None,
+            # A delta inside the timing noise makes any share meaningless (e.g. 1702% of 0.16 ms).
+            "delta_within_noise": None if f is c.baseline else delta_within_noise(c.baseline, f),
         })
     for key, rank in (("latency_ms", "rank_latency"), ("peak_bytes", "rank_memory"), ("kl_mean", "rank_error")):
         for row, r in zip(rows, _ranks([row[key] for row in rows]), strict=True):

@@ -359,6 +359,7 @@ def plot_sizes(df: pd.DataFrame, found: dict[str, Any], path: Path, settings: di
     fits = {(c["precision"], c["batch_size"], c["decode"]): c for c in found.get("extrapolation", [])
             if c["metric"] == metric and c.get("fit")}
     xmax = max(float(ok["params"].max()) if len(ok) else 1e9, 72e9)
+    measured_max = 0.0
     for (p, bs, decode), g in ok.groupby(["precision", "batch_size", "decode"], sort=False):
         if p == base:
             continue
@@ -371,13 +372,18 @@ def plot_sizes(df: pd.DataFrame, found: dict[str, Any], path: Path, settings: di
         label = f"{p} b{int(bs)}" + (" static" if decode == "static" else "")
         ax.plot(merged["params"], merged[metric] / merged[f"{metric}_base"], ls, color=colors[p],
                 marker="s" if decode == "static" else "o", label=label)
+        measured_max = max(measured_max, float((merged[metric] / merged[f"{metric}_base"]).max()))
         fit = fits.get((p, int(bs), decode))
         if fit:
             xs = np.geomspace(float(merged["params"].max()), xmax, 20)
             q, f = fit["fit"], fit["baseline_fit"]
-            ys = (q["a"] + q["b_per_billion"] * xs / 1e9) / (f["a"] + f["b_per_billion"] * xs / 1e9)
+            num, den = q["a"] + q["b_per_billion"] * xs / 1e9, f["a"] + f["b_per_billion"] * xs / 1e9
+            # A fitted time <= 0 is outside the model (a noisy slope): no ratio there, not a pole.
+            ys = np.where((num > 0) & (den > 0), num / np.where(den > 0, den, 1.0), np.nan)
             ax.plot(xs, ys, ":", color=colors[p], alpha=0.6)
     ax.axhline(1.0, color="k", lw=1)
+    if measured_max > 0:  # the measured ratios set the scale; an extrapolation may leave the plot
+        ax.set_ylim(0, max(2.0, 1.5 * measured_max))
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"{metric} / {base} (below 1: quantized is faster)")

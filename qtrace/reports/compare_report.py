@@ -190,6 +190,11 @@ def _num_cell(v: float | None, spec: str, prefix: str = "") -> str:
     return "-" if v is None else prefix + format(v, spec)
 
 
+def _explained_cell(r: dict[str, Any]) -> str:
+    cell = _num_cell(r["explained_share"], ".0%")
+    return cell + " (delta within noise)" if r.get("delta_within_noise") and cell != "-" else cell
+
+
 def ranking_rows(c: Comparison) -> list[list[str]]:
     """Runs by latency, with memory and error beside (ranks in brackets where they differ)."""
     rows = []
@@ -201,12 +206,14 @@ def ranking_rows(c: Comparison) -> list[list[str]]:
                      _num_cell(r["latency_ratio"], ".2f", "x"), peak + f" [#{r['rank_memory']}]",
                      _num_cell(r["peak_ratio"], ".2f", "x"), _num_cell(r["kl_mean"], ".2e") + f" [#{r['rank_error']}]",
                      _num_cell(r["top1_agreement"], ".1%"), _num_cell(r["max_abs_diff"], ".3g"), phase,
-                     _num_cell(r["explained_share"], ".0%")])
+                     _explained_cell(r)])
     return rows
 
 
 RANK_NOTE = ("Ranked by latency; [#n] ranks memory and error (1 = least). Error is against the baseline on the same "
-             "inputs (with random weights: quantization error, not task accuracy); '-' where not measured.")
+             "inputs (with random weights: quantization error, not task accuracy); '-' where not measured. "
+             "'delta within noise': the measured latency delta is no larger than both runs' timing spread "
+             "(p90 - min), so its explained share divides by noise.")
 GPU_HEADERS = ["run", "GPU", "GPU ms", "busy ms", "busy %", "waits for other GPU ms", "peer copy ms",
                "peak alloc (un-profiled)"]
 
