@@ -43,6 +43,7 @@ from qtrace.analyzers.lean_steps import step_bounds, sync_steps
 from qtrace.capture import models
 from qtrace.capture import protocol as capture
 from qtrace.capture.environment import environment, resolve_device
+from qtrace.errors import QtraceError
 from qtrace.tracefile.kineto import load_trace
 
 
@@ -62,6 +63,24 @@ def block(model: object, work: capture.Workload, iters: int, dev: torch.device) 
     return statistics.median(capture.timed_pass(model, work, iters, dev).per_iter_ms)
 
 
+def parse_labels(text: str) -> dict[str, tuple[str, float]]:
+    """`fp16,int8,int8@0` -> {label: (precision, LLM.int8 threshold)}; ValueError with one line."""
+    out = {}
+    for label in (t.strip() for t in text.split(",")):
+        name, at, thr = label.partition("@")
+        try:
+            models.parse_precisions(name)
+        except QtraceError as exc:
+            raise ValueError(str(exc)) from None
+        if at and name != "int8":
+            raise ValueError(f"{label!r}: only int8 takes a threshold (int8@THRESHOLD)")
+        try:
+            out[label] = (name, float(thr) if at else 6.0)
+        except ValueError:
+            raise ValueError(f"{label!r}: the threshold after '@' is not a number") from None
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="a qtrace preset name or local model folder")
@@ -76,6 +95,11 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-prime", action="store_true", help="skip qtrace's throwaway first lean session")
     args = ap.parse_args()
+    try:
+        labels = parse_labels(args.precision)
+    except ValueError as exc:
+        print(f"lean_overhead.py: {exc}", file=sys.stderr)
+        return 2
     dev = resolve_device(args.device)
     if dev.type != "cuda":
         print("lean_overhead.py: a lean trace records CUDA activity; this device is a CPU", file=sys.stderr)
@@ -84,12 +108,12 @@ def main() -> int:
     spec = models.resolve_model(args.model)
     env = environment(dev)
     torch.cuda.set_device(dev)
-    precisions = args.precision.split(",")
+    precisions = list(labels)
     loaded, works = {}, {}
     with models.quiet_libraries(), torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
         for p in precisions:
-            name, _, thr = p.partition("@")
-            loaded[p] = models.load_model(spec, name, "classify", dev, float(thr) if thr else 6.0)
+            name, thr = labels[p]
+            loaded[p] = models.load_model(spec, name, "classify", dev, thr)
             models.apply_outlier_dims(loaded[p].model, args.outlier_dims)
             works[p] = capture.make_workload(loaded[p].model, spec.kind, "classify", args.batch_size, args.seq_len,
                                              0, 0, dev)

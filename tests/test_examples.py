@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from _qtrace_tiny import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +42,30 @@ def test_latency_agreement_harness_runs_both_sides_on_cpu() -> None:
             assert abs(d["qtrace_over_plain"] - d["qtrace_median_ms"] / d["plain_median_ms"]) < 2e-3
             assert d["block_ratio_min"] <= d["block_ratio_median"] <= d["block_ratio_max"]
             assert d["host_range_over_blocks"] >= 1.0 and d["cpu_affinity"]
+
+
+@pytest.mark.parametrize("label, says", [("int8@x", "not a number"), ("nf4@1", "only int8"),
+                                         ("fp17", "unknown precision")])
+def test_lean_overhead_refuses_a_bad_label_in_one_line(label: str, says: str) -> None:
+    proc = subprocess.run([sys.executable, "benchmarks/lean_overhead.py", "qwen2.5-0.5b", "--precision",
+                           f"fp16,{label}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert says in proc.stderr.strip().splitlines()[-1]
+
+
+def test_combine_joins_sweep_folders_later_wins(tmp_path: Path) -> None:
+    """examples/size_sweep/combine.py: one table from two visits; a point measured twice keeps the later."""
+    here = REPO / "examples" / "size_sweep"
+    proc = subprocess.run([sys.executable, str(here / "combine.py"), str(tmp_path / "both"),
+                           str(here / "h200" / "gen"), str(here / "h200_visit2" / "gen7")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "both" / "sweep.json").read_text())["rows"]
+    later = json.loads((here / "h200_visit2" / "gen7" / "sweep.json").read_text())["rows"]
+    got = {(r["model"], r["precision"], r["batch_size"]): r for r in rows}
+    for r in later:
+        assert got[(r["model"], r["precision"], r["batch_size"])]["latency_ms_per_example"] == pytest.approx(
+            r["latency_ms_per_example"])
+    assert {r["model"] for r in rows} >= {"qwen2.5-0.5b", "qwen2.5-32b"}
+    assert (tmp_path / "both" / "size.png").stat().st_size > 0
