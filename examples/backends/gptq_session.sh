@@ -36,44 +36,19 @@ if [ ! -f /tmp/site/.qtrace-gptq-installed ]; then
 fi
 # /tmp/site first: the carried wheels win over anything older on the host.
 export PYTHONPATH=/tmp/site:$PWD
-"$PY" - <<'PYEOF' 2>&1 | tail -3 | tee -a "$LOG"
-import torch, transformers
-from qtrace.backends.gptqmodel.loading import import_gptqmodel
-g = import_gptqmodel()
-import optimum, torchao, bitsandbytes
-print("torch", torch.__version__, "transformers", transformers.__version__, "gptqmodel", g.__version__,
-      "torchao", torchao.__version__, "bitsandbytes", bitsandbytes.__version__, "cc", torch.cuda.get_device_capability())
-PYEOF
+"$PY" examples/backends/gptq_prepare.py versions 2>&1 | tail -3 | tee -a "$LOG"
 
 if [ "$STAGE" = prepare ]; then
   timeout 60 "$PY" -m qtrace presets 2>&1 | tail -22 | tee -a "$LOG"  # what runs here, and why not the rest
   # Marlin's first use: GPTQModel generates its kernels and compiles them with nvcc (sm_90 only here).
   echo "=== Marlin first-use compile, in the background ($(left) s left)" | tee -a "$LOG"
-  ( timeout "$(( $(left) - 10 ))" "$PY" - <<'PYEOF' 2>&1 | grep -v "^INFO" | tail -6 > "$OUT/marlin.txt" ) &
-import time, torch
-from qtrace.backends.gptqmodel.loading import import_gptqmodel
-import_gptqmodel()
-from gptqmodel.utils.marlin import prewarm_marlin_extension
-t0 = time.perf_counter()
-ok = prewarm_marlin_extension(torch.float16)
-print(f"Marlin fp16 extension ready={ok} in {time.perf_counter() - t0:.1f} s (first use: nvcc compile)")
-t0 = time.perf_counter()
-prewarm_marlin_extension(torch.float16)
-print(f"second load in {time.perf_counter() - t0:.2f} s (cached build)")
-PYEOF
+  ( timeout "$(( $(left) - 10 ))" "$PY" examples/backends/gptq_prepare.py marlin 2>&1 | grep -v "^INFO" | tail -6 \
+    > "$OUT/marlin.txt" ) &
   MARLIN=$!
   # Checkpoints by calibration (random token ids), built on the GPU and cached; qtrace prints the time once.
   echo "=== checkpoints ($(left) s left)" | tee -a "$LOG"
-  timeout "$(( $(left) - 15 ))" "$PY" - "$MODEL" <<'PYEOF' 2>&1 | grep -v "^INFO" | tail -8 | tee -a "$LOG"
-import sys, time, torch
-from qtrace.capture import models
-spec = models.resolve_model(sys.argv[1], progress=print)
-t0 = time.perf_counter()
-facts = models.prepare_checkpoints(spec, ["gptq-int4", "awq-int4"], torch.device("cuda"), progress=print)
-for p, f in facts.items():
-    print(p, f.get("source"), f.get("build_seconds"), f.get("error", ""))
-print(f"checkpoints ready in {time.perf_counter() - t0:.1f} s")
-PYEOF
+  timeout "$(( $(left) - 15 ))" "$PY" examples/backends/gptq_prepare.py checkpoints "$MODEL" 2>&1 | grep -v "^INFO" \
+    | tail -8 | tee -a "$LOG"
   wait "$MARLIN"; tee -a "$LOG" < "$OUT/marlin.txt"
   du -sh /tmp/qtrace-cache/quantized/* /tmp/gptqmodel-ext 2>/dev/null | tee -a "$LOG"
   ls -la "$OUT" | tee -a "$LOG"

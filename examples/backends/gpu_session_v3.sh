@@ -25,40 +25,14 @@ MODEL=qwen2.5-0.5b
     .whl/*.whl .whl-gptq/*.whl
 } 2>&1 | tee -a "$LOG"
 export PYTHONPATH=/tmp/site:$PWD
-"$PY" - <<'PYEOF' 2>&1 | tail -2 | tee -a "$LOG"
-import torch, transformers
-from qtrace.backends.gptqmodel.loading import import_gptqmodel
-g = import_gptqmodel()
-import torchao, bitsandbytes
-print("torch", torch.__version__, "transformers", transformers.__version__, "gptqmodel", g.__version__,
-      "torchao", torchao.__version__, "bitsandbytes", bitsandbytes.__version__, "cc", torch.cuda.get_device_capability())
-PYEOF
+"$PY" examples/backends/gptq_prepare.py versions 2>&1 | tail -2 | tee -a "$LOG"
 
 echo "=== Marlin first-use compile in the background, MAX_JOBS=$MAX_JOBS ($(since) s in)" | tee -a "$LOG"
-( timeout "$(( MARLIN_CAP - $(since) ))" "$PY" - <<'PYEOF' > "$OUT/marlin.txt" 2>&1; echo "exit $?" >> "$OUT/marlin.txt" ) &
-import time, torch
-from qtrace.backends.gptqmodel.loading import import_gptqmodel
-import_gptqmodel()
-from gptqmodel.utils.marlin import prewarm_marlin_extension
-t0 = time.perf_counter()
-ok = prewarm_marlin_extension(torch.float16)
-print(f"MARLIN fp16 extension ready={ok} in {time.perf_counter() - t0:.1f} s (first use: nvcc compile)", flush=True)
-t0 = time.perf_counter()
-prewarm_marlin_extension(torch.float16)
-print(f"MARLIN second load in {time.perf_counter() - t0:.2f} s (cached build)", flush=True)
-PYEOF
+( timeout "$(( MARLIN_CAP - $(since) ))" "$PY" examples/backends/gptq_prepare.py marlin > "$OUT/marlin.txt" 2>&1
+  echo "exit $?" >> "$OUT/marlin.txt" ) &
 MARLIN=$!
 echo "=== checkpoints ($(since) s in)" | tee -a "$LOG"
-timeout 260 "$PY" - "$MODEL" <<'PYEOF' 2>&1 | grep -v "^INFO" | tail -8 | tee -a "$LOG"
-import sys, time, torch
-from qtrace.capture import models
-spec = models.resolve_model(sys.argv[1], progress=print)
-t0 = time.perf_counter()
-facts = models.prepare_checkpoints(spec, ["gptq-int4", "awq-int4"], torch.device("cuda"), progress=print)
-for p, f in facts.items():
-    print(p, f.get("source"), f.get("build_seconds"), f.get("error", ""))
-print(f"checkpoints ready in {time.perf_counter() - t0:.1f} s")
-PYEOF
+timeout 260 "$PY" examples/backends/gptq_prepare.py checkpoints "$MODEL" 2>&1 | grep -v "^INFO" | tail -8 | tee -a "$LOG"
 echo "=== checkpoints done ($(since) s in); waiting for Marlin" | tee -a "$LOG"
 wait "$MARLIN"
 grep -v "^INFO" "$OUT/marlin.txt" | tail -5 | tee -a "$LOG"
