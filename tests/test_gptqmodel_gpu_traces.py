@@ -33,7 +33,7 @@ def _phases(precision: str):
 def test_gptqmodel_trace_is_attributed(precision: str):
     trace = load_trace(RUN / precision / "trace.json.gz")
     assert coverage(trace) >= 0.99
-    phases = _phases(precision)
+    phases = phase_table(trace).set_index("phase")["gpu_time_us"]
     assert phases[phases.index.str.startswith("gptqmodel.")].sum() > 0
     # The quantized linears' GEMMs are not reported as plain fp16 GEMMs: dense.gemm keeps only
     # the un-quantized head's (a small fraction of fp16's dense.gemm).

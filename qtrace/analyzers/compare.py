@@ -477,19 +477,27 @@ def measured_waterfall(base: RunFigures, run: RunFigures, trace_steps: list[dict
     return out, note
 
 
-def delta_within_noise(base: RunFigures, run: RunFigures) -> bool | None:
-    """Whether the measured latency delta is no larger than the timed passes' own spread (p90 - min
-    of both runs); then an explained share (explained / delta) divides by noise and says nothing."""
-    if None in (base.measured_ms, run.measured_ms, base.measured_spread_ms, run.measured_spread_ms):
+def timing_spread_ms(base: RunFigures, run: RunFigures) -> float | None:
+    """The timed passes' own spread: p90 - min of both runs, added (None when either lacks it)."""
+    if base.measured_spread_ms is None or run.measured_spread_ms is None:
         return None
-    return abs(run.measured_ms - base.measured_ms) <= base.measured_spread_ms + run.measured_spread_ms
+    return base.measured_spread_ms + run.measured_spread_ms
+
+
+def delta_within_noise(base: RunFigures, run: RunFigures) -> bool | None:
+    """Whether the measured latency delta is no larger than the timing spread; then an explained
+    share (explained / delta) divides by noise and says nothing."""
+    spread = timing_spread_ms(base, run)
+    if spread is None or base.measured_ms is None or run.measured_ms is None:
+        return None
+    return abs(run.measured_ms - base.measured_ms) <= spread
 
 
 def residual_reading(base: RunFigures, run: RunFigures, residual_us: float) -> str:
     """Whether timing noise alone can account for the residual: compared with the timed passes' spread."""
-    if base.measured_spread_ms is None or run.measured_spread_ms is None:
+    spread = timing_spread_ms(base, run)
+    if spread is None:
         return ""
-    spread = base.measured_spread_ms + run.measured_spread_ms
     if abs(residual_us) / 1000.0 <= spread:
         return (f"; that is within the timed passes' own spread ({spread:.2f} ms, p90 - min of both runs), "
                 "so timing noise can account for it")

@@ -370,16 +370,16 @@ def plot_sizes(df: pd.DataFrame, found: dict[str, Any], path: Path, settings: di
             continue
         ls = styles[batches.index(bs) % len(styles)]
         label = f"{p} b{int(bs)}" + (" static" if decode == "static" else "")
-        ax.plot(merged["params"], merged[metric] / merged[f"{metric}_base"], ls, color=colors[p],
-                marker="s" if decode == "static" else "o", label=label)
-        measured_max = max(measured_max, float((merged[metric] / merged[f"{metric}_base"]).max()))
+        ratio = merged[metric] / merged[f"{metric}_base"]
+        ax.plot(merged["params"], ratio, ls, color=colors[p], marker="s" if decode == "static" else "o", label=label)
+        measured_max = max(measured_max, float(ratio.max()))
         fit = fits.get((p, int(bs), decode))
         if fit:
             xs = np.geomspace(float(merged["params"].max()), xmax, 20)
             q, f = fit["fit"], fit["baseline_fit"]
             num, den = q["a"] + q["b_per_billion"] * xs / 1e9, f["a"] + f["b_per_billion"] * xs / 1e9
             # A fitted time <= 0 is outside the model (a noisy slope): no ratio there, not a pole.
-            ys = np.where((num > 0) & (den > 0), num / np.where(den > 0, den, 1.0), np.nan)
+            ys = np.divide(num, den, out=np.full_like(xs, np.nan), where=(num > 0) & (den > 0))
             ax.plot(xs, ys, ":", color=colors[p], alpha=0.6)
     ax.axhline(1.0, color="k", lw=1)
     if measured_max > 0:  # the measured ratios set the scale; an extrapolation may leave the plot
