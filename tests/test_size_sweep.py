@@ -46,7 +46,7 @@ def test_big_presets_shapes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "int8", "nf4"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "nf4", "torchao-int8wo", "torchao-intx4"])
 def test_in_memory_quantization_matches_from_pretrained(tmp_path, precision):
     import torch
     from transformers import AutoModelForCausalLM
@@ -65,9 +65,11 @@ def test_in_memory_quantization_matches_from_pretrained(tmp_path, precision):
             models.loader(models.backend_for(precision)).keep_unquantized(quant, ["lm_head"])
         return getattr(torch, dtype), quant
 
+    backend = models.backend_for(precision)
+    step = getattr(models.loader(backend), "quantize_built", None) if backend is not None else None
     dtype, quant = setup()
     with models.quiet_libraries():
-        mine = build_on_device(cfg, AutoModelForCausalLM, dtype, cpu, quant, seed=0)
+        mine = build_on_device(cfg, AutoModelForCausalLM, dtype, cpu, quant, seed=0, quantize_built=step)
     dtype, quant = setup()
     kw: dict[str, Any] = {"device_map": {"": "cpu"}, "dtype": dtype, "use_safetensors": True, "local_files_only": True}
     if quant is not None:
@@ -79,7 +81,16 @@ def test_in_memory_quantization_matches_from_pretrained(tmp_path, precision):
     assert pa.keys() == pb.keys()
     for k in pa:
         a, b = pa[k], pb[k]
-        assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), k
+        assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape, k
+        assert type(a.data) is type(b.data), k  # a torchao weight is a tensor subclass under the Parameter
+        inner = getattr(b.data, "__tensor_flatten__", None)
+        names = inner()[0] if inner is not None else []
+        if names:  # torchao: the same quantized data and scales
+            assert names == a.data.__tensor_flatten__()[0], k
+            for n in names:
+                assert torch.equal(getattr(a.data, n), getattr(b.data, n)), (k, n)
+        else:
+            assert torch.equal(a, b), k
         if precision == "int8" and hasattr(b, "SCB") and b.SCB is not None:
             assert torch.equal(a.CB, b.CB) and torch.equal(a.SCB, b.SCB), k
         qa, qb = getattr(a, "quant_state", None), getattr(b, "quant_state", None)
@@ -87,7 +98,7 @@ def test_in_memory_quantization_matches_from_pretrained(tmp_path, precision):
         if qb is not None:
             assert sorted(vars(qa)) == sorted(vars(qb)) and qa.shape == qb.shape and qa.blocksize == qb.blocksize
             assert torch.equal(qa.absmax, qb.absmax) and qa.quant_type == qb.quant_type
-    assert mine.get_memory_footprint() == ref.get_memory_footprint()
+    assert models.footprint(mine) == models.footprint(ref)
     assert getattr(mine, "is_loaded_in_8bit", False) == getattr(ref, "is_loaded_in_8bit", False)
     assert getattr(mine, "is_loaded_in_4bit", False) == getattr(ref, "is_loaded_in_4bit", False)
     if quant is not None:

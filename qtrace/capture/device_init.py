@@ -63,13 +63,16 @@ def init_kind(module: Any, pname: str) -> str:
 
 
 def build_on_device(config: Any, auto: Any, dtype: Any, device: Any, quant: Any = None, seed: int = 0,
-                    device_map: str | None = None) -> Any:
+                    device_map: str | None = None, quantize_built: Any = None) -> Any:
     """The model for `config` (class `auto`, e.g. AutoModelForCausalLM) on `device` in `dtype`,
     quantized by `quant` (a BitsAndBytesConfig, or None), with seeded random weights.
 
     device_map: an accelerate strategy ("auto", "balanced", ...): the layers are spread over the
     visible GPUs as from_pretrained spreads them (transformers' device-map step, then
     `dispatch_model`'s hooks), each parameter drawn directly on its GPU with the same seeded value.
+    quantize_built(model, quantizer): the backend's step for weights that transformers quantizes
+    while loading them (torchao), run once the weights are drawn and tied, as transformers orders it;
+    bitsandbytes needs none (its layers are swapped in before the weights are drawn).
     """
     import torch
     from accelerate import init_empty_weights
@@ -102,6 +105,8 @@ def build_on_device(config: Any, auto: Any, dtype: Any, device: Any, quant: Any 
                     module._buffers[bname] = buf.to(target)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
+    if quantizer is not None and quantize_built is not None:
+        quantize_built(model, quantizer)
     if spread is not None:
         from accelerate import dispatch_model
 

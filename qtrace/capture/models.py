@@ -430,8 +430,10 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
         if spec.source == "device-init":
             from qtrace.capture.device_init import build_on_device
 
+            built_step = getattr(loader(backend), "quantize_built", None) if backend is not None else None
             model = build_on_device(_spec_config(spec, task), auto_class(task, spec.kind),
-                                    getattr(torch, dtype_name), device, quant, seed=seed, device_map=spread)
+                                    getattr(torch, dtype_name), device, quant, seed=seed, device_map=spread,
+                                    quantize_built=built_step)
         else:
             model = auto_class(task, spec.kind).from_pretrained(str(path), **kwargs)
     model.eval()

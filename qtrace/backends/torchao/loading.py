@@ -73,3 +73,23 @@ def keep_unquantized(quant: Any, module_names: list[str]) -> None:
 def warm_import() -> None:
     """Import torchao before any load is timed (it loads its C extensions on import)."""
     import torchao  # noqa: F401
+
+
+def quantize_built(model: Any, quantizer: Any) -> int:
+    """Quantize a model built on the device (qtrace.capture.device_init) as `from_pretrained` would
+    have: every parameter transformers' torchao quantizer would convert (its
+    `param_needs_quantization`, which honours the heads kept in full precision) is converted by
+    torchao's `quantize_` on its module, with the config transformers applies. Returns how many.
+
+    Without this a device-built model at a torchao precision would stay dense: transformers
+    quantizes torchao weights while it loads them, and a built model loads nothing.
+    """
+    from torchao.quantization import quantize_
+    from transformers.quantizers.quantizers_utils import get_module_from_name
+
+    config = quantizer.quantization_config.get_apply_tensor_subclass()
+    names = [n for n, _ in model.named_parameters() if quantizer.param_needs_quantization(model, n)]
+    for name in names:
+        module, _ = get_module_from_name(model, name)
+        quantize_(module, config)
+    return len(names)
