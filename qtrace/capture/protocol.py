@@ -586,6 +586,23 @@ def prime_cupti(model: Any, work: Workload, device: Any) -> bool:
     return True
 
 
+def lean_experimental_config() -> Any:
+    """The lean profiler's Kineto settings: external correlation off, where torch offers the switch.
+
+    External correlation ties CPU ops to the kernels they launch; a lean trace records no CPU ops,
+    so it only costs host time there. On an H200 (benchmarks/cupti_cost.py, examples/lean/README.md,
+    visit 4) a lean session with it off cost less than one with it on in 10 of 12 interleaved
+    comparisons (tiny launches and qwen2.5-0.5b forwards, batch 1 and 32). The runtime-to-kernel
+    links qtrace's alignment uses are CUPTI's own correlation ids and stay. None: keep torch's default.
+    """
+    try:
+        from torch._C._profiler import _ExperimentalConfig
+
+        return _ExperimentalConfig(disable_external_correlation=True)
+    except (ImportError, TypeError):  # an older torch without the switch
+        return None
+
+
 def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_path: Path,
                    metadata: dict[str, Any], progress: Progress | None, lean: bool) -> dict[str, Any]:
     from torch.autograd.profiler import record_function
@@ -608,8 +625,15 @@ def _recorded_pass(model: Any, work: Workload, steps: int, device: Any, trace_pa
     # The lean pass runs the bare model: module hooks and step names cost host time it must not pay.
     annotations = contextlib.nullcontext(0) if lean else module_annotations(model)
     step_names = StepAnnotator(model) if work.task == "generate" and not lean else contextlib.nullcontext()
+    extra: dict[str, Any] = {}
+    if lean:
+        config = lean_experimental_config()
+        if config is not None:
+            extra["experimental_config"] = config
+        metadata = {**metadata, "external_correlation": config is None}
     prof = profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
-                   record_shapes=not lean, profile_memory=not lean, with_stack=False, on_trace_ready=on_ready)
+                   record_shapes=not lean, profile_memory=not lean, with_stack=False, on_trace_ready=on_ready,
+                   **extra)
     try:
         with warnings.catch_warnings(), annotations as n_modules, step_names as steps_ann:
             # One schedule cycle is all we record, so torch's "clears events at the end of each
