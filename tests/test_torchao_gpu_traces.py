@@ -12,11 +12,14 @@ from qtrace.analyzers.phases import coverage, phase_table
 from qtrace.tracefile import load_trace
 
 RUN = Path(__file__).resolve().parents[1] / "traces" / "torchao" / "qwen_cls_bs32"
+# qwen2.5-7b built on the device, classify batch 32: every bnb and torchao precision in one run folder.
+RUN_7B = RUN.parent / "qwen7b_cls_bs32"
 TORCHAO = ["torchao-int8wo", "torchao-int4", "torchao-fp8"]
+ALL_7B = ["int8", "nf4", "torchao-int8wo", "torchao-w8a8", "torchao-int4", "torchao-fp8"]
 
 
-def _kernels(precision: str) -> list[dict]:
-    with gzip.open(RUN / precision / "trace.json.gz", "rt") as f:
+def _kernels(precision: str, run: Path = RUN) -> list[dict]:
+    with gzip.open(run / precision / "trace.json.gz", "rt") as f:
         return [e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"]
 
 
@@ -52,3 +55,33 @@ def test_run_json_has_quality_for_every_precision():
             continue
         q = entry["quality"]
         assert 0.0 <= q["top1_agreement"] <= 1.0 and q["kl_mean"] >= 0.0
+
+
+@pytest.mark.parametrize("precision", ALL_7B)
+def test_7b_traces_are_attributed_and_the_quantized_weights_were_quantized(precision: str):
+    trace = load_trace(RUN_7B / precision / "trace.json.gz")
+    assert coverage(trace) >= 0.99
+    phases = phase_table(trace).set_index("phase")
+    backend = "torchao." if precision.startswith("torchao") else f"{precision}."
+    quant = phases[phases.index.str.startswith(backend)]["gpu_time_us"].sum()
+    fp16 = phase_table(load_trace(RUN_7B / "fp16" / "trace.json.gz")).set_index("phase")
+    if precision == "nf4":
+        # At batch 32 bitsandbytes dequantizes each NF4 weight (absmax, then the weight: two
+        # kDequantizeBlockwise kernels) and runs the fp16 GEMM, which stays dense.gemm by design.
+        deq = [e for e in _kernels(precision, RUN_7B) if "kDequantizeBlockwise" in e["name"]]
+        assert len(deq) == 2 * 28 * 7  # one pass, 28 layers x 7 linears
+        assert quant == pytest.approx(phases.loc["nf4.dequant", "gpu_time_us"]) and quant >= sum(e["dur"] for e in deq)
+        return
+    # A device-built model at a quantized precision is quantized: its linears' GEMMs left dense.gemm
+    # (what stays is the fp16 score head and, for LLM.int8, its fp16 outlier path's own rows).
+    assert quant > 0.3 * phases["gpu_time_us"].sum()
+    assert phases.loc["dense.gemm", "gpu_time_us"] < 0.2 * fp16.loc["dense.gemm", "gpu_time_us"]
+
+
+def test_7b_int4_time_is_tinygemm_at_batch_32():
+    """tinygemm is built for a few rows: at 4096 rows (batch 32 x 128) it is nearly all of the pass."""
+    kernels = _kernels("torchao-int4", RUN_7B)
+    tiny = sum(e["dur"] for e in kernels if "tinygemm" in e["name"])
+    phases = phase_table(load_trace(RUN_7B / "torchao-int4" / "trace.json.gz")).set_index("phase")
+    assert phases.loc["torchao.int4_gemm", "gpu_time_us"] == pytest.approx(tiny, rel=1e-9)
+    assert tiny > 0.9 * sum(e["dur"] for e in kernels)
