@@ -69,3 +69,45 @@ def test_combine_joins_sweep_folders_later_wins(tmp_path: Path) -> None:
             r["latency_ms_per_example"])
     assert {r["model"] for r in rows} >= {"qwen2.5-0.5b", "qwen2.5-32b"}
     assert (tmp_path / "both" / "size.png").stat().st_size > 0
+
+
+def test_cupti_cost_refuses_a_cpu_in_one_line() -> None:
+    proc = subprocess.run([sys.executable, "benchmarks/cupti_cost.py", "qwen2.5-0.5b", "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "needs a CUDA device" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_lean_readme_quotes_the_cupti_probe_as_measured() -> None:
+    """examples/lean/README.md's visit-4 table: every plain figure and ratio is in the committed probe output."""
+    lines = [json.loads(x) for x in (REPO / "examples/lean/h200_visit4/cupti.jsonl").read_text().splitlines()
+             if x.startswith("{")]
+    readme = (REPO / "examples/lean/README.md").read_text()
+    table = readme[readme.index("## Visits 4 and 5"):readme.index("**Visit 5**")]
+    quoted = 0
+    for d in lines:
+        if d.get("process") or not d.get("offered", True):
+            continue
+        if d["arm"] == "plain":
+            assert f"{d['median']:.2f}" in table, d
+        else:
+            assert f"{d['over_plain']['median']:.2f}" in table, d
+        quoted += 1
+    assert quoted == 3 * 4 * 3  # three processes x (launch + three forwards) x three arms
+
+
+def test_lean_readme_visit5_table_is_the_committed_summary() -> None:
+    rows = json.loads((REPO / "examples/lean/h200_visit5/summary.json").read_text())
+    readme = (REPO / "examples/lean/README.md").read_text()
+    table = readme[readme.index("**Visit 5**"):readme.index("Causal check (one process")]
+    assert len(rows) == 17
+    for r in rows:
+        case = r["case"].replace("_", " ")
+        share = f"{round(100 * r['explained_share'])}%"
+        cells = f"| {r['run']} | {r['base_ms']:.2f} | {r['run_ms']:.2f} |"
+        line = next((x for x in table.splitlines() if x.startswith(f"| {case} |") and cells in x), None)
+        assert line is not None, (case, cells)
+        assert share in line and f"{r['lean_inflation_run']:.2f}" in line and f"{r['full_inflation_run']:.2f}" in line
+    inside = sum(0.9 <= r["explained_share"] <= 1.1 for r in rows)
+    assert f"{inside} of 17 cases inside 90-110%" in readme
