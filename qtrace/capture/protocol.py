@@ -592,8 +592,10 @@ def lean_experimental_config() -> Any:
     External correlation ties CPU ops to the kernels they launch; a lean trace records no CPU ops,
     so it only costs host time there. On an H200 (benchmarks/cupti_cost.py, examples/lean/README.md,
     visit 4) a lean session with it off cost less than one with it on in 10 of 12 interleaved
-    comparisons (tiny launches and qwen2.5-0.5b forwards, batch 1 and 32). The runtime-to-kernel
-    links qtrace's alignment uses are CUPTI's own correlation ids and stay. None: keep torch's default.
+    comparisons (tiny launches and qwen2.5-0.5b forwards, batch 1 and 32), though the matrix of
+    visit 5 still saw lean inflations of 1.09-1.88: CUPTI's per-launch cost remains. The
+    runtime-to-kernel links qtrace's alignment uses are CUPTI's own correlation ids and stay.
+    None: keep torch's default.
     """
     try:
         from torch._C._profiler import _ExperimentalConfig
