@@ -12,8 +12,9 @@ the work plus a device sync, the same way in every arm, so trace spans play no p
 2. ``forward``: the model's forward (classify, like `qtrace profile --task classify`), ms per pass.
 
 Arms: ``plain`` (no profiler), ``lean`` (torch.profiler with CUDA activity only, what qtrace's lean
-pass records; timed after --inner-warmup ops or passes inside the active session), ``lean_noext``
-(the same with external correlation off, where torch offers the setting). Each profiled block is its
+pass recorded before visit 4; timed after --inner-warmup ops or passes inside the active session),
+``lean_noext`` (the same with external correlation off, where torch offers the setting: what
+qtrace's lean pass records since). Each profiled block is its
 own session, as a lean pass is. Prints one JSON line per (what, arm) with the median and spread over
 rounds, the per-call cost (arm - plain) and the process line (device, versions, TEARDOWN_CUPTI).
 
@@ -23,13 +24,14 @@ rounds, the per-call cost (arm - plain) and the process line (device, versions, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +43,24 @@ from qtrace.capture.environment import environment, resolve_device
 from qtrace.tracefile.kineto import load_trace
 
 
-def lean_profiler(no_external_correlation: bool) -> Any:
+@contextlib.contextmanager
+def lean_session(no_external_correlation: bool) -> Iterator[Any]:
+    """An active torch.profiler session with CUDA activity only (Kineto's start/stop chatter kept off
+    the terminal). External correlation off is qtrace's lean pass as it records now
+    (`capture.lean_experimental_config`); on is torch's default, the lean pass before visit 4."""
     from torch.profiler import ProfilerActivity, profile
 
     kwargs: dict[str, Any] = {}
     if no_external_correlation:
-        try:
-            kwargs["experimental_config"] = torch._C._profiler._ExperimentalConfig(disable_external_correlation=True)
-        except (AttributeError, TypeError):
-            return None
-    return profile(activities=[ProfilerActivity.CUDA], record_shapes=False, profile_memory=False, **kwargs)
+        kwargs["experimental_config"] = capture.lean_experimental_config()
+    prof = profile(activities=[ProfilerActivity.CUDA], record_shapes=False, profile_memory=False, **kwargs)
+    with capture.native_output_filtered():
+        prof.__enter__()
+    try:
+        yield prof
+    finally:
+        with capture.native_output_filtered():
+            prof.__exit__(None, None, None)
 
 
 def timed(work: Callable[[], None], n: int, dev: torch.device) -> float:
@@ -68,17 +78,11 @@ def block(arm: str, work: Callable[[], None], n: int, inner_warmup: int, dev: to
     if arm == "plain":
         timed(work, inner_warmup, dev)
         return timed(work, n, dev) / n
-    prof = lean_profiler(arm == "lean_noext")
-    if prof is None:
+    if arm == "lean_noext" and capture.lean_experimental_config() is None:
         return None
-    with capture.native_output_filtered():
-        prof.__enter__()
-    try:
+    with lean_session(arm == "lean_noext"):
         timed(work, inner_warmup, dev)  # inside the session: what a profiler warm-up step absorbs
         return timed(work, n, dev) / n
-    finally:
-        with capture.native_output_filtered():
-            prof.__exit__(None, None, None)
 
 
 def spread(values: list[float], scale: float) -> dict[str, float]:
@@ -171,15 +175,9 @@ def main() -> int:
 
 def count_runtime_calls(work: Callable[[], None], dev: torch.device) -> int:
     """CUDA runtime and driver calls of one call of work, counted in a lean session's trace."""
-    prof = lean_profiler(False)
-    with capture.native_output_filtered():
-        prof.__enter__()
-    try:
+    with lean_session(False) as prof:
         work()
         torch.cuda.synchronize(dev)
-    finally:
-        with capture.native_output_filtered():
-            prof.__exit__(None, None, None)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "calls.json"
         prof.export_chrome_trace(str(path))

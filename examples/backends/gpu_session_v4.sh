@@ -10,17 +10,9 @@ PART=${PART:-classify}
 DEADLINE=${DEADLINE:-300}  # for the profile; the comparisons after it take up to 150 s more
 RUNS=/tmp/qtrace-7b-runs
 mkdir -p "$OUT" "$RUNS"
-export PYTHONUNBUFFERED=1 QTRACE_CACHE=/tmp/qtrace-cache TOKENIZERS_PARALLELISM=false
-PY=${PY:-/opt/torch/.venv/bin/python3}
-[ -x "$PY" ] || PY=python3
+source "$(dirname "$0")/../gpu_env.sh"
 LOG=$OUT/log_$PART.txt
-if ! "$PY" -c "import bitsandbytes, msgspec, torchao" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tee -a "$LOG"
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+use_carried_wheels "bitsandbytes, msgspec, torchao"
 "$PY" -c "import torch, transformers, bitsandbytes as b, torchao; print('torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', b.__version__, 'torchao', torchao.__version__)" 2>&1 | tee -a "$LOG"
 P=fp16,int8,nf4,torchao-int8wo,torchao-w8a8,torchao-int4,torchao-fp8
 if [ "$PART" = classify ]; then

@@ -7,13 +7,10 @@
 set -u
 OUT=${OUT:-/tmp/qtrace-7b-interleaved}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 QTRACE_CACHE=/tmp/qtrace-cache TOKENIZERS_PARALLELISM=false
-PY=${PY:-/opt/torch/.venv/bin/python3}
-[ -x "$PY" ] || PY=python3
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  > "$OUT/log.txt" 2>&1
-export PYTHONPATH=/tmp/site:$PWD
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee -a "$OUT/log.txt"
+source "$(dirname "$0")/../gpu_env.sh"
+LOG=$OUT/log.txt
+use_carried_wheels "bitsandbytes, msgspec, torchao"
+{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee -a "$LOG"
 timeout 180 "$PY" benchmarks/interleaved_generate.py qwen2.5-7b \
   --precision fp16,int8,nf4,torchao-int8wo,torchao-int4 --rounds 6 --new-tokens 32 --warmup 1 \
-  2>>"$OUT/log.txt" | tee "$OUT/interleaved_7b.jsonl"
+  2>>"$LOG" | tee "$OUT/interleaved_7b.jsonl"

@@ -7,17 +7,9 @@
 set -u
 OUT=${OUT:-/tmp/qtrace-cupti}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 QTRACE_CACHE=/tmp/qtrace-cache TOKENIZERS_PARALLELISM=false
-PY=${PY:-/opt/torch/.venv/bin/python3}
-[ -x "$PY" ] || PY=python3
+source "$(dirname "$0")/../gpu_env.sh"
 LOG=$OUT/log.txt
-if ! "$PY" -c "import bitsandbytes, msgspec" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tee -a "$LOG"
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+use_carried_wheels "bitsandbytes, msgspec"
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nproc; uptime
 } 2>&1 | tee -a "$LOG"

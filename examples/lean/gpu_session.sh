@@ -19,19 +19,11 @@ RUNS=/tmp/qtrace-lean-runs
 DEADLINE=${DEADLINE:-500}  # no profile starts after this; the summary fits in END
 END=${END:-560}
 mkdir -p "$OUT" "$RUNS"
-export PYTHONUNBUFFERED=1 QTRACE_CACHE=/tmp/qtrace-cache TOKENIZERS_PARALLELISM=false
-PY=/opt/torch/.venv/bin/python3
-[ -x "$PY" ] || PY=python3
+source "$(dirname "$0")/../gpu_env.sh"
 LOG=$OUT/log.txt
 START=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
-if ! "$PY" -c "import bitsandbytes, msgspec" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tee -a "$LOG"
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+use_carried_wheels "bitsandbytes, msgspec"
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nproc; uptime
   "$PY" -c "import torch, transformers, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', b.__version__)"
