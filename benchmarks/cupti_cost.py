@@ -40,6 +40,7 @@ import torch
 from qtrace.capture import models
 from qtrace.capture import protocol as capture
 from qtrace.capture.environment import environment, resolve_device
+from qtrace.errors import QtraceError
 from qtrace.tracefile.kineto import load_trace
 
 
@@ -105,6 +106,11 @@ def main() -> int:
     ap.add_argument("--inner-warmup", type=int, default=2, help="forwards (x100 for launches) before timing a block")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    try:
+        precisions = models.parse_precisions(args.precision)
+    except QtraceError as exc:
+        print(f"cupti_cost.py: {exc}", file=sys.stderr)
+        return 2
     dev = resolve_device(args.device)
     if dev.type != "cuda":
         print("cupti_cost.py: CUPTI's cost needs a CUDA device; this one is a CPU", file=sys.stderr)
@@ -117,7 +123,7 @@ def main() -> int:
     cases["launch"] = (lambda: x.add_(1.0), args.launches, 100 * args.inner_warmup, 1e6, "us per op")
     calls: dict[str, int] = {}
     with models.quiet_libraries(), torch.inference_mode():
-        for p in (t.strip() for t in args.precision.split(",")):
+        for p in precisions:
             loaded = models.load_model(spec, p, "classify", dev)
             work = capture.make_workload(loaded.model, spec.kind, "classify", args.batch_size, args.seq_len, 0, 0, dev)
             capture.warm_up(loaded.model, work, 3, dev)
