@@ -402,7 +402,7 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     check_available([precision], device)
     dtype_name, quant, warnings = _precision_setup(precision, device, int8_threshold)
     backend = backend_for(precision)
-    path = checkpoint_path(spec, precision, device) if backend is not None else spec.path
+    path = checkpoint_path(spec, precision, device, seed=seed) if backend is not None else spec.path
     if quant is not None and backend is not None:
         # Heads stay in full precision, as transformers intends; its own choice (the module of the
         # last parameter) misses heads with a bias and then leaves a freshly initialised
@@ -427,7 +427,7 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
     before = multi_device.allocated(gpus)
     t0 = time.perf_counter()
     with quiet_libraries():
-        if spec.source == "device-init":
+        if spec.source == "device-init" and path == spec.path:
             from qtrace.capture.device_init import build_on_device
 
             built_step = getattr(loader(backend), "quantize_built", None) if backend is not None else None
@@ -436,6 +436,10 @@ def load_model(spec: ModelSpec, precision: str, task: str, device: Any, int8_thr
                                     quantize_built=built_step)
         else:
             model = auto_class(task, spec.kind).from_pretrained(str(path), **kwargs)
+            if spec.source == "device-init" and task == "classify":  # the head the baseline drew
+                from qtrace.capture.device_folder import redraw_heads
+
+                redraw_heads(model, head_modules(spec, task, trust_remote_code), seed)
     model.eval()
     if device.type == "cuda":
         for d in gpus:
@@ -541,31 +545,34 @@ def _precision_setup(precision: str, device: Any, threshold: float) -> tuple[str
 
 
 def checkpoint_path(spec: ModelSpec, precision: str, device: Any,
-                    progress: Any = None) -> Path:
+                    progress: Any = None, seed: int = 0) -> Path:
     """The folder `precision` loads from: the model's own, or the one its backend makes by calibration."""
-    return _checkpoint(spec, precision, device, progress)[0]
+    return _checkpoint(spec, precision, device, progress, seed)[0]
 
 
-def _checkpoint(spec: ModelSpec, precision: str, device: Any, progress: Any) -> tuple[Path, dict[str, Any] | None]:
+def _checkpoint(spec: ModelSpec, precision: str, device: Any, progress: Any,
+                seed: int = 0) -> tuple[Path, dict[str, Any] | None]:
     backend = backend_for(precision)
     make = getattr(loader(backend), "checkpoint", None) if backend is not None else None
     if make is None:
         return spec.path, None
-    if spec.source == "device-init":
-        raise QtraceError(f"{precision} needs a checkpoint folder to quantize by calibration; {spec.name} is built "
-                          f"on the device at each load and has none (use a disk preset or a local folder)")
-    return make(spec.path, precision, device, cache_root(), progress)
+    base = spec.path
+    if spec.source == "device-init":  # calibration reads a folder: the preset's draw, written once
+        from qtrace.capture.device_folder import ensure_folder
+
+        base = ensure_folder(spec.name, seed, device, cache_root(), progress)
+    return make(base, precision, device, cache_root(), progress)
 
 
 def prepare_checkpoints(spec: ModelSpec, precisions: list[str] | tuple[str, ...], device: Any,
-                        progress: Any = None) -> dict[str, dict[str, Any]]:
+                        progress: Any = None, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Build, before any load is timed, the checkpoints that precisions need calibration for (GPTQ,
     AWQ): precision -> facts for run.json (where from, build seconds). A precision whose build fails
     gets {"error": ...}; its load then fails with the same message."""
     out: dict[str, dict[str, Any]] = {}
     for precision in precisions:
         try:
-            _, facts = _checkpoint(spec, precision, device, progress)
+            _, facts = _checkpoint(spec, precision, device, progress, seed)
         except QtraceError as exc:
             out[precision] = {"error": str(exc).splitlines()[0]}
             continue

@@ -298,7 +298,8 @@ class _Runner:
         models.warm_imports(self.spec, self.s.task, self.precisions, self.s.trust_remote_code)
         # GPTQ / AWQ checkpoints are made by calibration: built (or found in the cache) here, once,
         # so that no precision's load time holds a quantization run.
-        self.checkpoints = models.prepare_checkpoints(self.spec, self.precisions, self.dev, self.say.line)
+        self.checkpoints = models.prepare_checkpoints(self.spec, self.precisions, self.dev, self.say.line,
+                                                       self.s.seed)
         changed = env_changes(run["environment"]["env"], qdevice.timing_env())
         if changed:  # e.g. GPTQModel's import sets PYTORCH_ALLOC_CONF for the whole process
             run["environment"]["env"] = qdevice.timing_env()
