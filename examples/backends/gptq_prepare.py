@@ -3,6 +3,9 @@
     python examples/backends/gptq_prepare.py versions            # what the host runs, after the wheels
     python examples/backends/gptq_prepare.py marlin              # Marlin's first-use nvcc compile, timed
     python examples/backends/gptq_prepare.py checkpoints MODEL   # GPTQ + AWQ checkpoints, cached
+    python examples/backends/gptq_prepare.py folder MODEL        # a device-built preset's fp16 folder
+    python examples/backends/gptq_prepare.py checkpoint MODEL PRECISION   # one checkpoint, GPTQModel's
+                                                                 # own log streamed (progress)
 
 Run with the carried wheels on PYTHONPATH (../shared/gpu/README.md); `marlin` and `checkpoints`
 need CUDA.
@@ -59,10 +62,41 @@ def checkpoints(model: str) -> None:
     print(f"checkpoints ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def folder(model: str) -> None:
+    import torch
+
+    from qtrace.capture import models
+    from qtrace.capture.device_folder import ensure_folder
+
+    t0 = time.perf_counter()
+    path = ensure_folder(model, 0, torch.device("cuda", 0), models.cache_root(), progress=print)
+    print(f"folder {path} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def checkpoint(model: str, precision: str) -> None:
+    import contextlib
+
+    import torch
+
+    from qtrace.backends.gptqmodel import checkpoints as ck
+    from qtrace.capture import models
+
+    ck._quiet = contextlib.nullcontext  # stream GPTQModel's per-layer log: a visit's only progress
+    spec = models.resolve_model(model, progress=print)
+    t0 = time.perf_counter()
+    facts = models.prepare_checkpoints(spec, [precision], torch.device("cuda", 0), progress=print)
+    for p, f in facts.items():
+        print("CHECKPOINT", p, f.get("source"), f.get("build_seconds"), f.get("error", ""), flush=True)
+    print(f"{precision} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def main(argv: list[str]) -> int:
-    steps = {"versions": versions, "marlin": marlin, "checkpoints": checkpoints}
-    if not argv or argv[0] not in steps or len(argv) != (2 if argv[0] == "checkpoints" else 1):
-        print("usage: gptq_prepare.py versions | marlin | checkpoints MODEL", file=sys.stderr)
+    steps = {"versions": versions, "marlin": marlin, "checkpoints": checkpoints, "folder": folder,
+             "checkpoint": checkpoint}
+    arity = {"checkpoints": 2, "folder": 2, "checkpoint": 3}
+    if not argv or argv[0] not in steps or len(argv) != arity.get(argv[0], 1):
+        print("usage: gptq_prepare.py versions | marlin | checkpoints MODEL | folder MODEL | "
+              "checkpoint MODEL PRECISION", file=sys.stderr)
         return 2
     steps[argv[0]](*argv[1:])
     return 0

@@ -166,14 +166,18 @@ def _quantize(source: Path, dest: Path, rec: dict[str, Any], vocab: int, device:
 
     # offload_to_disk=False: GPTQModel's default stages every finished module through a temp
     # folder, which made a 2-layer toy model's GPTQ build take 163 s instead of 4 s on 2 cores.
+    target = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
     common = dict(bits=rec["bits"], group_size=rec["group_size"], sym=rec["sym"], desc_act=rec["desc_act"],
                   offload_to_disk=False)
+    if target == "cuda":
+        # Packing on the GPU: the same packed layout; GPTQModel's default packs on the CPU, one
+        # thread under the GIL, which a 7B shape's 6.5 billion quantized weights make long.
+        common["pack_impl"] = "gpu"
     config = GPTQConfig(**common) if rec["method"] == "gptq" else AWQConfig(**common)
     backend = gptqmodel.BACKEND.GPTQ_TORCH if rec["method"] == "gptq" else gptqmodel.BACKEND.AWQ_TORCH
     gen = torch.Generator().manual_seed(rec["seed"])
     calibration = [{"input_ids": torch.randint(0, vocab, (rec["seq_len"],), generator=gen).tolist(),
                     "attention_mask": [1] * rec["seq_len"]} for _ in range(rec["samples"])]
-    target = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
     # GPTQModel writes a per-run log under ./logs of the working directory: keep it in the scratch folder.
     with _quiet(), _working_dir(dest.parent):
         # fp16: the dtype the presets are stored in and the kernels' native one; GPTQModel would
