@@ -119,3 +119,28 @@ def test_lean_readme_visit5_table_is_the_committed_summary() -> None:
         assert share in line and f"{r['lean_inflation_run']:.2f}" in line and f"{r['full_inflation_run']:.2f}" in line
     inside = sum(0.9 <= r["explained_share"] <= 1.1 for r in rows)
     assert f"{inside} of 17 cases inside 90-110%" in readme
+
+
+def test_backends_readme_visit7_tables_are_the_committed_runs() -> None:
+    """The 7B GPTQ / AWQ tables quote the committed run.json and interleaved summary as measured."""
+    readme = (REPO / "examples/backends/README.md").read_text()
+    visit = readme[readme.index("## Visit 7"):]
+    run = json.loads((REPO / "traces/gptqmodel/qwen7b_cls_bs32/run.json").read_text())
+    base = run["precisions"]["fp16"]["latency_ms"]["per_iter"]["median"]
+    for name, entry in run["precisions"].items():
+        median = entry["latency_ms"]["per_iter"]["median"]
+        assert f"| {name} | {median:.2f} | {median / base:.2f} |" in visit, name
+        if name != "fp16":
+            assert f"{entry['quality']['kl_mean']:.1e}".replace("e-0", "e-") in visit
+    lines = (REPO / "examples/backends/h200_visit7/interleaved_gptq_7b.jsonl").read_text().splitlines()
+    summary = json.loads(lines[-1])["summary"]
+    for arm, ratio in summary["ratio_to_fp16_median"].items():
+        lo, hi = min(summary["ratio_to_fp16_per_round"][arm]), max(summary["ratio_to_fp16_per_round"][arm])
+        table = visit[visit.index("**Batch-1 generation, prompt 128, 32 new tokens, interleaved**"):]
+        row = next(x for x in table.splitlines() if x.startswith(f"| {arm.replace('fp16~', 'fp16~ (A/A)')} |"))
+        assert f"{summary['median_ms'][arm]:.2f}" in row and f"{ratio:.3f}".rstrip("0") in row, row
+        assert f"{lo:g}" in row and f"{hi:g}" in row, row
+    for method in ("gptq", "awq"):
+        calib = (REPO / f"examples/backends/h200_visit7/{method}-int4-calibration.txt").read_text()
+        seconds = float(calib.split(" in ")[1].split(" s")[0])
+        assert f"{seconds:.1f} s" in visit

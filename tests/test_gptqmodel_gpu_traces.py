@@ -82,3 +82,41 @@ def test_run_json_records_kernels_and_quality():
         if name != "fp16":
             q = entry["quality"]
             assert 0.0 <= q["top1_agreement"] <= 1.0 and q["kl_mean"] >= 0.0
+
+
+# --- 7B (qwen2.5-7b drawn on the H200, calibrated from its fp16 folder; examples/backends/, visit 7)
+
+RUN_7B = RUN.parent / "qwen7b_cls_bs32"
+ALL_7B = ["fp16", "nf4", "gptq-int4-marlin", "awq-int4-marlin", "gptq-int4-triton"]
+
+
+@pytest.mark.parametrize("precision", ALL_7B[2:])
+def test_7b_gptq_awq_traces_are_attributed(precision: str):
+    trace = load_trace(RUN_7B / precision / "trace.json.gz")
+    assert coverage(trace) >= 0.99
+    phases = phase_table(trace).set_index("phase")["gpu_time_us"]
+    fp16 = phase_table(load_trace(RUN_7B / "fp16" / "trace.json.gz")).set_index("phase")["gpu_time_us"]
+    assert phases.get("dense.gemm", 0.0) < 0.05 * fp16["dense.gemm"]
+    with gzip.open(RUN_7B / precision / "trace.json.gz", "rt") as f:
+        kernels = [e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"]
+    if "marlin" in precision:
+        marlin = sum(e["dur"] for e in kernels if e["name"].startswith("void marlin::Marlin<"))
+        assert phases["gptqmodel.int4_gemm"] == pytest.approx(marlin, rel=1e-9)
+        # At 4096 rows Marlin's int4 GEMMs take longer than fp16's cuBLAS GEMMs of the same layers.
+        assert marlin > fp16["dense.gemm"]
+    else:
+        dequant = sum(e["dur"] for e in kernels if e["name"] == "dequant_kernel")
+        assert dequant > 0 and phases["gptqmodel.dequant"] == pytest.approx(dequant, rel=1e-9)
+
+
+def test_7b_run_json_records_the_calibrated_checkpoints():
+    run = json.loads((RUN_7B / "run.json").read_text())
+    assert list(run["precisions"]) == ALL_7B
+    for name in ("gptq-int4-marlin", "awq-int4-marlin", "gptq-int4-triton"):
+        entry = run["precisions"][name]
+        assert entry["status"] == "ok"
+        ck = entry["checkpoint"]
+        assert "qwen2.5-7b-seed0-cuda" in ck["path"] and ck["recipe"]["samples"] == 16
+        assert ck["build_seconds"] > 0
+        q = entry["quality"]
+        assert q["baseline"] == "fp16" and 0.0 <= q["top1_agreement"] <= 1.0 and q["kl_mean"] > 0.0
