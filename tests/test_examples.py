@@ -144,3 +144,16 @@ def test_backends_readme_visit7_tables_are_the_committed_runs() -> None:
         calib = (REPO / f"examples/backends/h200_visit7/{method}-int4-calibration.txt").read_text()
         seconds = float(calib.split(" in ")[1].split(" s")[0])
         assert f"{seconds:.1f} s" in visit
+
+
+def test_backends_readme_visit8_table_is_the_committed_round() -> None:
+    readme = (REPO / "examples/backends/README.md").read_text()
+    visit = readme[readme.index("## Visit 8"):]
+    rows = [json.loads(x) for x in (REPO / "examples/backends/h200_visit8/interleaved_05b.jsonl").read_text()
+            .splitlines() if x.startswith('{"round"')]
+    assert len(rows) == 1 and "**one round, with no spread**" in visit
+    ms = rows[0]["ms"]
+    for arm, value in ms.items():
+        name = "fp16~ (A/A)" if arm == "fp16~" else arm
+        ratio = f"{value / ms['fp16']:.3f}".rstrip("0").rstrip(".") if arm != "fp16" else "1.00"
+        assert f"| {name} | {value:.2f} | {ratio}" in visit, arm
