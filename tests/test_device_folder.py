@@ -94,3 +94,19 @@ def test_gptq_of_a_device_preset_end_to_end(tmp_path, monkeypatch):
     q = entry["quality"]
     assert q["top1_agreement"] >= 0.75 and q["kl_mean"] < 0.01, q
     assert (tmp_path / "cache" / "device-built" / "tiny-qwen-a-seed0-cpu" / "config.json").is_file()
+
+
+def test_a_failed_draw_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    from qtrace.capture import device_init
+    from qtrace.capture.device_folder import ensure_folder
+    from qtrace.errors import QtraceError
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(device_init, "build_on_device", no_memory)
+    with pytest.raises(QtraceError, match="cannot draw tiny-qwen-a on cpu.*out of memory") as info:
+        ensure_folder("tiny-qwen-a", 0, _cpu(), tmp_path)
+    assert "\n" not in str(info.value)
+    built = tmp_path / "device-built"
+    assert not built.exists() or not any(built.iterdir())  # no half-written folder left behind

@@ -85,6 +85,9 @@ def ensure_folder(name: str, seed: int, device: Any, cache: Path, progress: Any 
     except OSError as exc:
         raise QtraceError(f"cannot write {name}'s fp16 folder {target}: {exc} "
                           f"(set QTRACE_CACHE to a folder with room)") from None
+    except RuntimeError as exc:  # e.g. out of device memory while drawing the weights
+        raise QtraceError(f"cannot draw {name} on {device} to write its fp16 folder: "
+                          f"{str(exc).splitlines()[0]}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if device.type == "cuda":
