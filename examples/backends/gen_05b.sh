@@ -3,6 +3,8 @@
 # w8a8 / int4 / fp8, awq-int4-marlin), one device call: GPTQ + AWQ checkpoints calibrated while
 # Marlin compiles, then a profiled generation (lean traces: measured and explained), then the same
 # precisions timed interleaved with an fp16 A/A arm if time is left.
+# Visit 8 ran it once with w8a8 among them: one w8a8 generation took 50.2 s and cut everything
+# after it, so w8a8 now comes last, in its own run folder, with 8 new tokens and two iterations.
 #   OUT=$OUT bash examples/backends/gen_05b.sh      # carry [".whl", ".whl-gptq"]
 set -u
 OUT=${OUT:-/tmp/qtrace-gen05}
@@ -32,7 +34,7 @@ for f in marlin gptq-int4 awq-int4; do
   tr '\r' '\n' < "$RUNS/$f.txt" | grep -E "MARLIN|CHECKPOINT|built the|ready in" | tail -3 | tee -a "$LOG"
 done
 MARLIN=""; grep -q "ready=True" "$RUNS/marlin.txt" && MARLIN=",awq-int4-marlin,gptq-int4-marlin"
-P=fp16,torchao-w8a8,torchao-int4,torchao-fp8$MARLIN
+P=fp16,torchao-int4,torchao-fp8$MARLIN
 L=$(( $(left) - 150 )); [ "$L" -gt 220 ] && L=220
 say "profiled generation, limit $L s: $P"
 timeout "$L" "$PY" -m qtrace profile $MODEL --task generate --batch-size 1 --seq-len 128 --new-tokens 32 --iters 4 \
@@ -40,9 +42,15 @@ timeout "$L" "$PY" -m qtrace profile $MODEL --task generate --batch-size 1 --seq
 timeout 60 "$PY" -m qtrace compare "$RUNS/gen" --format json > "$RUNS/gen/compare.json" 2>>"$LOG"
 timeout 20 "$PY" -m qtrace compare "$RUNS/gen" 2>&1 | sed -n '/== Ranking/,/^Ranked/p' | tee -a "$LOG"
 mkdir -p "$OUT/gen05_gen32" && cp "$RUNS/gen/run.json" "$RUNS/gen/compare.json" "$OUT/gen05_gen32/" 2>/dev/null
-L=$(( $(left) - 5 ))
+L=$(( $(left) - 100 ))
 say "interleaved, limit $L s"
 [ "$L" -gt 40 ] && timeout "$L" "$PY" benchmarks/interleaved_generate.py $MODEL \
-  --precision fp16,int8,nf4,torchao-int8wo,torchao-int4,torchao-fp8,torchao-w8a8$MARLIN --rounds 5 \
+  --precision fp16,int8,nf4,torchao-int8wo,torchao-int4,torchao-fp8$MARLIN --rounds 6 \
   --new-tokens 32 --warmup 1 2>>"$LOG" | tee "$OUT/interleaved_05b.jsonl"
+L=$(( $(left) - 5 ))
+say "torchao-w8a8 alone, 8 new tokens, limit $L s"
+[ "$L" -gt 40 ] && timeout "$L" "$PY" -m qtrace profile $MODEL --task generate --batch-size 1 --seq-len 128 \
+  --new-tokens 8 --iters 2 --warmup 1 --profile-steps 1 --precision fp16,torchao-w8a8 --out "$RUNS/w8a8" --force \
+  2>&1 | grep -v "INFO\|warn" | tee -a "$LOG"
+mkdir -p "$OUT/gen05_w8a8" && cp "$RUNS/w8a8/run.json" "$OUT/gen05_w8a8/" 2>/dev/null
 say done
