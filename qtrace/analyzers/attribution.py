@@ -91,9 +91,9 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
     contexts: list[tuple] = [empty]
     ctx_of = np.zeros(n, dtype=np.int64)
     if n:
-        name_code, name_uniq = pd.factorize(ops["name"].to_numpy(dtype=object), use_na_sentinel=False)
-        cat_code, cat_uniq = pd.factorize(ops["cat"].to_numpy(dtype=object), use_na_sentinel=False)
-        names, cats = list(name_uniq), list(cat_uniq)
+        name_code, name_uniq = pd.factorize(ops["name"], use_na_sentinel=False)
+        cat_code, cat_uniq = pd.factorize(ops["cat"], use_na_sentinel=False)
+        names, cats = list(np.asarray(name_uniq, dtype=object)), list(np.asarray(cat_uniq, dtype=object))
         n_cat = max(len(cats), 1)
         n_pair = len(names) * n_cat
         pair = name_code.astype(np.int64) * n_cat + cat_code

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
+from qtrace.analyzers.distinct import shared_objects
 from qtrace.analyzers.segments import sweep_segments
 from qtrace.tracefile.kineto import Trace
 
@@ -129,7 +130,7 @@ def _on_thread(df: pd.DataFrame, pid: str, tid: str) -> np.ndarray:
     """Rows of `df` on thread (pid, tid), as a bool mask (object compares: no per-row pandas boxing)."""
     if not len(df):
         return np.zeros(0, dtype=bool)
-    return (df["pid"].to_numpy(dtype=object) == pid) & (df["tid"].to_numpy(dtype=object) == tid)
+    return (shared_objects(df["pid"]) == pid) & (shared_objects(df["tid"]) == tid)
 
 
 def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
@@ -146,13 +147,13 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     ops = op_phases(trace)
     rt = runtime_phases(trace)
     pid, tid = thread
-    o = _on_thread(ops, pid, tid) & (ops["cat"].to_numpy(dtype=object) == "cpu_op")
+    o = _on_thread(ops, pid, tid) & (shared_objects(ops["cat"]) == "cpu_op")
     r = _on_thread(rt, pid, tid)
     if not o.any() and not r.any():
         return pd.DataFrame(columns=["start", "end", "phase"])
     ts = np.concatenate([ops["ts"].to_numpy()[o], rt["ts"].to_numpy()[r]])
     end = np.concatenate([ops["end"].to_numpy()[o], rt["end"].to_numpy()[r]])
-    phase = np.concatenate([ops["phase"].to_numpy(dtype=object)[o], rt["phase"].to_numpy(dtype=object)[r]])
+    phase = np.concatenate([shared_objects(ops["phase"])[o], shared_objects(rt["phase"])[r]])
     # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
     order = np.lexsort((np.arange(len(ts)), -end, ts))
     seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)
@@ -188,7 +189,7 @@ def exposed_host_time(trace: Trace) -> pd.Series:
     overlap = np.interp(e, xs, idle_cum) - np.interp(s, xs, idle_cum)
     # Summed by integer codes of the phases (an index of a million strings costs ~100 MB), in the
     # same order within each phase, then sorted by phase as grouping by the names sorts them.
-    codes, names = pd.factorize(segs["phase"].to_numpy(dtype=object))
+    codes, names = pd.factorize(shared_objects(segs["phase"]))
     sums = pd.Series(overlap).groupby(codes).sum()
     exposed = pd.Series(sums.to_numpy(), index=pd.Index(np.asarray(names, dtype=object)[sums.index.to_numpy()],
                                                         dtype=object)).sort_index()

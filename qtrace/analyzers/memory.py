@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import context_column, op_phases
-from qtrace.analyzers.distinct import map_distinct
+from qtrace.analyzers.distinct import map_distinct, shared_objects
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
 from qtrace.markup import md_escape, md_table
@@ -100,7 +100,7 @@ def _quant_op_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     if not n or not len(rows):
         return np.full(len(rows), -1, dtype=np.int64)
-    codes, names = pd.factorize(ops["name"].to_numpy(dtype=object), use_na_sentinel=False)
+    codes, names = pd.factorize(shared_objects(ops["name"]), use_na_sentinel=False)
     is_quant_op = np.array([str(x).startswith(OP_PREFIXES) for x in names], dtype=bool)[codes]
     parent = ops["parent"].to_numpy()
     # For every op at once, level by level up the tree: a backend op is its own answer, a root that is
@@ -128,7 +128,7 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
         return out
     ops = op_phases(trace)
     rows = op_rows[has]
-    phase = ops["phase"].to_numpy(dtype=object)
+    phase = shared_objects(ops["phase"])
     quant_op = _quant_op_rows(trace, rows)
     quant_op_phase = np.where(quant_op >= 0, phase[np.clip(quant_op, 0, None)], "")
     cols = [phase[rows], context_column(trace, "ops", rows), quant_op_phase]
@@ -140,7 +140,7 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
     kind_of = np.empty(len(first), dtype=object)
     kind_of[:] = [_kind_of(cols[0][i], cols[1][i], cols[2][i]) for i in first.tolist()]
-    out.loc[has, "op_name"] = ops["name"].to_numpy(dtype=object)[rows]
+    out.loc[has, "op_name"] = shared_objects(ops["name"])[rows]
     out.loc[has, "phase"] = cols[0]
     out.loc[has, "kind"] = kind_of[inverse.ravel()]
     return out
@@ -445,7 +445,7 @@ def _occurrence_increments(dm: DeviceMemory) -> pd.Series:
     ev = dm.events
     if len(ev) == 0:
         return pd.Series(dtype="int64")
-    phase = ev["phase"].to_numpy(dtype=object)
+    phase = shared_objects(ev["phase"])
     run = np.cumsum(np.r_[True, phase[1:] != phase[:-1]])
     entry = dm.level - ev["bytes"].to_numpy(dtype=np.int64)
     runs = pd.DataFrame({"run": run, "phase": phase, "level": dm.level, "entry": entry}).groupby("run").agg(

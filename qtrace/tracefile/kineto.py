@@ -699,15 +699,27 @@ _EPS = 1e-3  # tolerance for the float rounding of µs timestamps (Kineto writes
 
 def _thread_keys(tables: list[pd.DataFrame]) -> np.ndarray:
     """One integer per event of `tables` (concatenated) naming its thread, as the string pid + "/" + tid would."""
-    pid = np.concatenate([df["pid"].to_numpy(dtype=object) for df in tables])
-    tid = np.concatenate([df["tid"].to_numpy(dtype=object) for df in tables])
-    pid_code, pid_uniq = pd.factorize(pid)
-    tid_code, tid_uniq = pd.factorize(tid)
+    # Codes of each table's own column, joined over the tables' distinct values (to_numpy would
+    # make one Python string per row of an Arrow column).
+    pid_code, pid_uniq = _joint_codes([df["pid"] for df in tables])
+    tid_code, tid_uniq = _joint_codes([df["tid"] for df in tables])
     pair_uniq, pair_code = np.unique(pid_code.astype(np.int64) * len(tid_uniq) + tid_code, return_inverse=True)
     # Key on the joined text, like a join would (so "1/2" + "3" and "1" + "2/3" are one thread, as before).
     text = [f"{pid_uniq[q // len(tid_uniq)]}/{tid_uniq[q % len(tid_uniq)]}" for q in pair_uniq.tolist()]
     key_of_pair = pd.factorize(np.array(text, dtype=object))[0]
     return key_of_pair[pair_code.ravel()]
+
+
+def _joint_codes(columns: list[pd.Series]) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values) of the columns concatenated, as pd.factorize of the joined values gives."""
+    parts = [pd.factorize(c) for c in columns]
+    uniq = np.concatenate([np.asarray(u, dtype=object) for _, u in parts])
+    code_of, joint = pd.factorize(uniq)
+    code_of = np.append(code_of, -1)  # what a missing value's clipped index may reach
+    offsets = np.cumsum([0] + [len(u) for _, u in parts])[:-1]
+    codes = [np.where(c >= 0, code_of[np.clip(c, 0, None) + off], -1)
+             for (c, _), off in zip(parts, offsets, strict=True)]
+    return np.concatenate(codes), np.asarray(joint, dtype=object)
 
 
 def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> None:

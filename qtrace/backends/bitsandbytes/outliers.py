@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
-from qtrace.analyzers.distinct import mask_distinct
+from qtrace.analyzers.distinct import mask_distinct, shared_objects
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX
 from qtrace.tracefile.kineto import Trace
 
@@ -114,7 +114,7 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
     ops = trace.ops
     if ops.empty:
         return pd.DataFrame(columns=CALL_COLUMNS)
-    names = ops["name"].to_numpy(dtype=object)
+    names = shared_objects(ops["name"])
     quant = np.nonzero(names == QUANT_OP)[0]
     mixed = np.nonzero(names == MIXED_OP)[0]
     scaled = np.nonzero(names == SCALED_OP)[0]
@@ -204,7 +204,7 @@ def _steps(trace: Trace, rows: list[int]) -> tuple[list[int], list[str]]:
     ordinal among all qtrace.step ranges in time order, so each decode step is a step); else
     ProfilerStep#N; else -1."""
     ops = trace.ops
-    names = ops["name"].to_numpy(dtype=object)
+    names = shared_objects(ops["name"])
     parent = ops["parent"].to_numpy()
     is_qstep = mask_distinct(names, lambda n: isinstance(n, str) and n.startswith("qtrace.step:"))
     qrows = np.nonzero(is_qstep)[0]
