@@ -452,7 +452,7 @@ TF32_KERNELS = r"(?i)tf32|s1688gemm|s16816gemm|sm80_xmma_gemm_f32f32_tf32|cutlas
 
 def unit_bounds(u: pd.DataFrame, peaks: Peaks) -> pd.DataFrame:
     """Per unit: ideal memory / compute time at the roofs (µs), utilisation, and bound label."""
-    u = u.copy()
+    u = u.copy(deep=False)  # new columns only (copy-on-write)
     n = len(u)
     bw = peaks.bandwidth_bps()
     hbm = (u["link"] == "hbm").to_numpy() & u["bytes"].notna().to_numpy()
@@ -550,6 +550,10 @@ def rate_row(u: pd.DataFrame, peaks: Peaks, total_us: float | None = None) -> di
     return row
 
 
+# The unit columns rate_row reads.
+_RATE_INPUTS = ["gpu_us", "bytes", "link", "bound", "flops", "int_ops", "dtype", "t_mem_us", "t_comp_us"]
+
+
 def phase_roofline(trace: Trace, peaks: Peaks | None = None) -> pd.DataFrame:
     """One row per phase with GPU time: its work, achieved rates against the peaks, and bound."""
     peaks = peaks or peaks_for(trace.device_name)
@@ -559,9 +563,11 @@ def phase_roofline(trace: Trace, peaks: Peaks | None = None) -> pd.DataFrame:
     gpu = gpu_phases(trace)
     totals = gpu.groupby("phase")["dur"].sum()
     u = unit_bounds(u, peaks)
+    unit_phase = shared_objects(u["phase"])
+    u = u[_RATE_INPUTS]  # each phase's selection copies only what rate_row reads (not the kernel names)
     rows = []
     for phase in [p for p in PHASE_ORDER if p in totals.index]:
-        rows.append({"phase": phase, **rate_row(u[u["phase"] == phase], peaks, float(totals[phase]))})
+        rows.append({"phase": phase, **rate_row(u[unit_phase == phase], peaks, float(totals[phase]))})
     return pd.DataFrame(rows, columns=["phase", *RATE_COLUMNS])
 
 
@@ -576,9 +582,11 @@ def kernel_roofline(trace: Trace, peaks: Peaks | None = None, top: int | None = 
     if top:
         totals = totals.head(top)
     u = unit_bounds(u, peaks)
+    unit_kernel, unit_phase = shared_objects(u["kernel"]), shared_objects(u["phase"])
+    u = u[[*_RATE_INPUTS, "model"]]  # each kernel's selection copies only what is read (not the kernel names)
     rows = []
     for (kernel, phase), _ in totals.items():
-        sel = u[(u["kernel"] == kernel) & (u["phase"] == phase)]
+        sel = u[(unit_kernel == kernel) & (unit_phase == phase)]
         models = sel["model"].dropna().unique()
         rows.append({"kernel": kernel, "phase": phase, "model": ",".join(sorted(models)) or None,
                      **rate_row(sel, peaks)})
