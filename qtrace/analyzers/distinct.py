@@ -27,6 +27,19 @@ def shared_objects(values: pd.Series | pd.Index) -> np.ndarray:
     return np.asarray(uniq, dtype=object)[codes]
 
 
+PYTHON_STR = pd.StringDtype("python", na_value=np.nan)
+
+
+def python_strings(values: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """A str column of `values` (an object array) whose rows point at the given Python strings.
+
+    pandas would copy every row's text into Arrow (a 300-character kernel name per row); when a
+    column has few distinct, long values this holds 8 bytes a row instead. Same values, same
+    string methods; only the storage (``StringDtype("python")``) differs.
+    """
+    return pd.array(values, dtype=PYTHON_STR)
+
+
 def _objects(values: Any) -> np.ndarray:
     if isinstance(values, pd.Series | pd.Index):
         return shared_objects(values)

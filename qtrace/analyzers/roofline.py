@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.analyzers.distinct import mask_distinct, shared_objects
+from qtrace.analyzers.distinct import mask_distinct, python_strings, shared_objects
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.analyzers.shapes import (
     DTYPE_KIND,
@@ -345,9 +345,11 @@ def units(trace: Trace) -> pd.DataFrame:
                       step=("step", "first"))
     gid_first = agg["gid"].to_numpy()
     # Back to values; a unit's events share one model, so its first event's is the unit's.
-    agg["kernel"] = kernels[agg["kernel"].to_numpy()]
-    agg["phase"] = phases[agg["phase"].to_numpy()]
-    agg["kind"] = kinds[agg["kind"].to_numpy()]
+    # Kernel names point at one string per distinct name (cached for the report's life: ~300 bytes
+    # a row in Arrow).
+    agg["kernel"] = python_strings(kernels[agg["kernel"].to_numpy()])
+    agg["phase"] = python_strings(phases[agg["phase"].to_numpy()])
+    agg["kind"] = python_strings(kinds[agg["kind"].to_numpy()])
     agg["model"] = model_of[gid_first]
     # Per-event work (copies) sums over the unit's events; op-level work counts once.
     ev_bytes_of = np.empty(n_groups, dtype=object)
