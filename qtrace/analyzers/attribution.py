@@ -232,13 +232,14 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     distinct["quant_backend"] = quant_backend(trace)
     phase = pd.Series(classify(distinct).to_numpy()[ctx_of], index=ops.index, dtype=object)
     gpu = gpu_phases(trace)
-    launched = gpu[gpu["op"] >= 0].drop_duplicates("op", keep="first")
+    # Filters take only the columns they read (a filtered copy of a whole table copies its names).
+    launched = gpu.loc[gpu["op"] >= 0, ["op", "phase"]].drop_duplicates("op", keep="first")
     phase.loc[launched["op"].to_numpy()] = launched["phase"].to_numpy()
     # Annotations carry no work of their own beyond Python between ops: keep them out of phases.
     phase[ops["cat"].to_numpy() != "cpu_op"] = "other"
     ops["phase"] = phase.to_numpy()
     ops["group"] = map_distinct(ops["phase"], group_of)
-    child_time = ops[ops["parent"] >= 0].groupby("parent")["dur"].sum()
+    child_time = ops.loc[ops["parent"] >= 0, ["parent", "dur"]].groupby("parent")["dur"].sum()
     ops["self_us"] = (ops["dur"] - child_time.reindex(ops.index, fill_value=0.0)).clip(lower=0.0)
     ops["step"] = table["step"].to_numpy()[ctx_of]
     ops["step_name"] = table["step_name"].to_numpy(dtype=object)[ctx_of]
@@ -257,14 +258,14 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     rt_op = rt["op"].to_numpy()
     phase = np.where(rt_op >= 0, op_phase[np.clip(rt_op, 0, None)] if len(op_phase) else "other", "other")
     gpu = gpu_phases(trace)
-    launched = gpu[gpu["runtime"] >= 0].drop_duplicates("runtime", keep="first")
+    launched = gpu.loc[gpu["runtime"] >= 0, ["runtime", "phase"]].drop_duplicates("runtime", keep="first")
     phase = pd.Series(phase, index=rt.index, dtype=object)
     phase.loc[launched["runtime"].to_numpy()] = launched["phase"].to_numpy()
     rt["phase"] = phase.to_numpy()
     rt["group"] = map_distinct(rt["phase"], group_of)
     rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
     # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
-    pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False)]["runtime"]
+    pageable = gpu.loc[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False), "runtime"]
     lo, hi = window(trace)
     inside = (rt["ts"] >= lo) & (rt["ts"] <= hi)
     rt["is_sync"] = inside & (rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS)

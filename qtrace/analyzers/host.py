@@ -66,7 +66,7 @@ def host_summary(trace: Trace) -> dict:
     bs, be = busy_intervals(gpu)
     busy = covered_in(bs, be, lo, hi)
     rt = runtime_phases(trace)
-    syncs = rt[rt["is_sync"]]
+    syncs = rt.loc[rt["is_sync"], ["name", "dur"]]  # only what is read: not a copy of every column
     idle = max(span - busy, 0.0)
     idle_share = idle / span if span > 0 else 0.0
     comm_us = comm_range_us(trace)
@@ -90,10 +90,15 @@ def host_summary(trace: Trace) -> dict:
         "syncs": int(len(syncs)),
         "sync_us": float(syncs["dur"].sum()),
         "syncs_by_call": {str(k): {"count": int(v["count"]), "us": float(v["sum"])} for k, v in by_call.iterrows()},
-        "host_op_us": float(op_phases(trace).query("cat == 'cpu_op'")["self_us"].sum()),
+        "host_op_us": float(_cpu_op_self_us(op_phases(trace)).sum()),
         "comm_range_us": comm_us,
         "verdict": verdict,
     }
+
+
+def _cpu_op_self_us(ops: pd.DataFrame) -> pd.Series:
+    """Self time of the cpu_op rows (host annotations excluded), without copying the other columns."""
+    return ops.loc[ops["cat"] == "cpu_op", "self_us"]
 
 
 # Communication ranges a CPU backend records as annotations on its own threads (gloo:all_reduce...).
