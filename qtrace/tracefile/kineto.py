@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import itertools
 import operator
 import os
 import re
@@ -45,6 +44,12 @@ import numpy as np
 import pandas as pd
 
 from qtrace.errors import TraceFormatError
+
+try:  # pandas holds str columns in Arrow when pyarrow is installed: then they are built directly
+    import pyarrow as pa
+except ImportError:  # pragma: no cover (pyarrow comes with pandas 3's usual installs)
+    pa = None
+from qtrace.tracefile.blocks import BlockColumn, CodeTable
 from qtrace.tracefile.nesting import parents
 
 HOST_RANGE_CATS = ("cpu_op", "user_annotation", "python_function")
@@ -488,31 +493,35 @@ _MEM_ARG_FIELD = {**_ARG_FIELD, "bytes": "mem_bytes"}
 
 
 class _Columns:
-    """Column pieces of the four tables, appended chunk by chunk; strings and shapes interned."""
+    """The four tables' columns, appended chunk by chunk (qtrace.tracefile.blocks); texts and shapes
+    as codes into tables of their distinct values."""
 
     def __init__(self) -> None:
-        self.pieces: dict[str, dict[str, list]] = {
-            t: {c: [] for c in columns} for t, columns in _TABLE_COLUMNS.items()}
-        self._strings: dict[Any, str] = {}
-        self._raws: dict[bytes, bytes | None] = {b"": None}
+        self.pieces: dict[str, dict[str, BlockColumn]] = {
+            t: {c: BlockColumn(_piece_dtype(c)) for c in columns} for t, columns in _TABLE_COLUMNS.items()}
+        self.texts = CodeTable()
+        self.raws = CodeTable()
+        self.raws.add(b"", None)  # no shapes recorded: None
         self.other_cats: dict[str, int] = {}
 
-    def _str(self, values: list) -> list[str]:
-        table = self._strings
+    def _str(self, values: list) -> np.ndarray:
+        table = self.texts
+        code_of = table.code_of
         uniq = set(values)
-        for v in uniq.difference(table):
+        for v in uniq.difference(code_of):
             # pid/tid are ints or strings: the column holds their text, as str(v) would give.
-            table[v] = v if isinstance(v, str) else str(v)
+            table.add(v, v if isinstance(v, str) else str(v))
         if len(uniq) == 1:  # one thread, one category: common within a chunk
-            return [table[values[0]]] * len(values)
-        return list(map(table.__getitem__, values))
+            return np.full(len(values), code_of[values[0]], dtype=np.int32)
+        return np.fromiter(map(code_of.__getitem__, values), dtype=np.int32, count=len(values))
 
-    def _raw(self, values: list) -> list[bytes | None]:
+    def _raw(self, values: list) -> np.ndarray:
         vals = list(map(bytes, values))
-        table = self._raws
-        for v in set(vals).difference(table):
-            table[v] = v
-        return list(map(table.__getitem__, vals))
+        table = self.raws
+        code_of = table.code_of
+        for v in set(vals).difference(code_of):
+            table.add(v, v)
+        return np.fromiter(map(code_of.__getitem__, vals), dtype=np.int32, count=len(vals))
 
     def add(self, events: list[_Event]) -> None:
         if not events:
@@ -571,13 +580,24 @@ class _Columns:
                 out[c].append(arr)
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """Raw DataFrames (absolute ts, no `end` yet). Consumes the pieces: each column's pieces are
-        dropped as soon as its array is built, so a big trace never holds both whole."""
+        """Raw DataFrames (absolute ts, no `end` yet). Consumes the pieces: each column's blocks are
+        released as soon as its array is built, so a big trace never holds both whole."""
         out = {}
+        texts = np.empty(len(self.texts.values), dtype=object)
+        texts[:] = self.texts.values
+        raws = np.empty(len(self.raws.values), dtype=object)
+        raws[:] = self.raws.values
         for t in _TABLE_COLUMNS:
-            out[t] = _raw_frame(_TABLE_COLUMNS[t], self.pieces[t])
+            out[t] = _raw_frame(_TABLE_COLUMNS[t], self.pieces[t], texts, raws)
             self.pieces[t] = {}
         return out
+
+
+def _piece_dtype(column: str) -> type:
+    """What a column is appended as: codes for texts and shapes, floats for times, else int64."""
+    if column in _STR_COLS or column in ("input_dims", "input_type"):
+        return np.int32
+    return np.float64 if column in ("ts", "dur") else np.int64
 
 
 _COUNTED_CATS = frozenset(OTHER_DEVICE_CATS)
@@ -611,13 +631,37 @@ def _int_of(v: int | str) -> int:
     return n if _NA < n < 2**63 else _NA
 
 
-def _objects(parts: list[list], n: int) -> np.ndarray:
-    """The pieces as one object array of `n` values, without an intermediate list of them all."""
-    return np.fromiter(itertools.chain.from_iterable(parts), dtype=object, count=n)
+_TEXT_BATCH = 1 << 16  # rows whose text is joined at a time
 
 
-def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFrame:
-    n = sum(len(p) for p in pieces["ts"])
+_STR_DTYPE = pd.array(np.array(["a"], dtype=object), dtype=str).dtype
+# Arrow storage, missing values as NaN: pandas 3's "str" with pyarrow installed.
+_ARROW_STR = (pa is not None and isinstance(_STR_DTYPE, pd.StringDtype) and _STR_DTYPE.storage == "pyarrow"
+              and _STR_DTYPE.na_value is np.nan)
+
+
+def _text_column(codes: np.ndarray, texts: np.ndarray) -> Any:
+    """``pd.array(texts[codes], dtype=str)``. With Arrow storage it is built from the codes: the
+    rows' UTF-8 is written once into a buffer of its exact size, with no Python object per row
+    and no Arrow builder doubling its buffer (both were resident slack after a big load)."""
+    if not _ARROW_STR:
+        return pd.array(texts[codes], dtype=str)
+    texts = [t.encode() for t in texts]  # valid UTF-8: msgspec refuses lone surrogates
+    lengths = np.array([len(b) for b in texts], dtype=np.int64)
+    offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+    np.cumsum(lengths[codes], out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for lo in range(0, len(codes), _TEXT_BATCH):
+        hi = min(lo + _TEXT_BATCH, len(codes))
+        joined = b"".join([texts[c] for c in codes[lo:hi].tolist()])
+        data[offsets[lo]:offsets[hi]] = np.frombuffer(joined, dtype=np.uint8)
+    arr = pa.LargeStringArray.from_buffers(len(codes), pa.py_buffer(offsets), pa.py_buffer(data))
+    return pd.arrays.ArrowStringArray(pa.chunked_array([arr]), dtype=_STR_DTYPE)
+
+
+def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: np.ndarray,
+               raws: np.ndarray) -> pd.DataFrame:
+    n = len(pieces["ts"])
     if n == 0:
         # The dtypes a non-empty table has (pandas would make float64 columns of empty lists, and the
         # analyzers' string methods would fail on a trace with, say, kernels but no host ops).
@@ -627,15 +671,15 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFram
                              else pd.array([], dtype="Int64") for c in columns})
     data: dict[str, Any] = {}
     for c in columns:
-        parts = pieces.pop(c)
+        values = pieces.pop(c).build()
         if c in _STR_COLS:
-            data[c] = pd.array(_objects(parts, n), dtype=str)
+            data[c] = _text_column(values, texts)
         elif c in ("input_dims", "input_type"):
-            data[c] = _objects(parts, n)
+            data[c] = raws[values]  # the interned shapes themselves, equal values one object
         elif c in ("ts", "dur"):
-            data[c] = np.concatenate(parts)
+            data[c] = values
         else:
-            vals = np.concatenate(parts)
+            vals = values
             mask = vals == _NA
             vals[mask] = 0
             data[c] = pd.arrays.IntegerArray(vals, mask)
