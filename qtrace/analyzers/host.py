@@ -16,6 +16,7 @@ from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, 
 from qtrace.analyzers.distinct import shared_objects
 from qtrace.analyzers.segments import sweep_segments
 from qtrace.tracefile.kineto import Trace
+from qtrace.tracefile.strings import str_column
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
 GPU_BOUND_IDLE_SHARE = 0.1
@@ -164,7 +165,7 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)
     if not len(seg_s):  # the dtypes the sweep's empty lists gave
         seg_s, seg_e, seg_p = [], [], []
-    out = pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
+    out = pd.DataFrame({"start": seg_s, "end": seg_e, "phase": str_column(seg_p) if len(seg_s) else seg_p})
     cache[key] = out
     return out
 

@@ -44,13 +44,9 @@ import numpy as np
 import pandas as pd
 
 from qtrace.errors import TraceFormatError
-
-try:  # pandas holds str columns in Arrow when pyarrow is installed: then they are built directly
-    import pyarrow as pa
-except ImportError:  # pragma: no cover (pyarrow comes with pandas 3's usual installs)
-    pa = None
 from qtrace.tracefile.blocks import BlockColumn, CodeTable
 from qtrace.tracefile.nesting import parents
+from qtrace.tracefile.strings import text_column
 
 HOST_RANGE_CATS = ("cpu_op", "user_annotation", "python_function")
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
@@ -631,34 +627,6 @@ def _int_of(v: int | str) -> int:
     return n if _NA < n < 2**63 else _NA
 
 
-_TEXT_BATCH = 1 << 16  # rows whose text is joined at a time
-
-
-_STR_DTYPE = pd.array(np.array(["a"], dtype=object), dtype=str).dtype
-# Arrow storage, missing values as NaN: pandas 3's "str" with pyarrow installed.
-_ARROW_STR = (pa is not None and isinstance(_STR_DTYPE, pd.StringDtype) and _STR_DTYPE.storage == "pyarrow"
-              and _STR_DTYPE.na_value is np.nan)
-
-
-def _text_column(codes: np.ndarray, texts: np.ndarray) -> Any:
-    """``pd.array(texts[codes], dtype=str)``. With Arrow storage it is built from the codes: the
-    rows' UTF-8 is written once into a buffer of its exact size, with no Python object per row
-    and no Arrow builder doubling its buffer (both were resident slack after a big load)."""
-    if not _ARROW_STR:
-        return pd.array(texts[codes], dtype=str)
-    texts = [t.encode() for t in texts]  # valid UTF-8: msgspec refuses lone surrogates
-    lengths = np.array([len(b) for b in texts], dtype=np.int64)
-    offsets = np.zeros(len(codes) + 1, dtype=np.int64)
-    np.cumsum(lengths[codes], out=offsets[1:])
-    data = np.empty(int(offsets[-1]), dtype=np.uint8)
-    for lo in range(0, len(codes), _TEXT_BATCH):
-        hi = min(lo + _TEXT_BATCH, len(codes))
-        joined = b"".join([texts[c] for c in codes[lo:hi].tolist()])
-        data[offsets[lo]:offsets[hi]] = np.frombuffer(joined, dtype=np.uint8)
-    arr = pa.LargeStringArray.from_buffers(len(codes), pa.py_buffer(offsets), pa.py_buffer(data))
-    return pd.arrays.ArrowStringArray(pa.chunked_array([arr]), dtype=_STR_DTYPE)
-
-
 def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: np.ndarray,
                raws: np.ndarray) -> pd.DataFrame:
     n = len(pieces["ts"])
@@ -673,7 +641,7 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: 
     for c in columns:
         values = pieces.pop(c).build()
         if c in _STR_COLS:
-            data[c] = _text_column(values, texts)
+            data[c] = text_column(values, texts)
         elif c in ("input_dims", "input_type"):
             data[c] = raws[values]  # the interned shapes themselves, equal values one object
         elif c in ("ts", "dur"):
