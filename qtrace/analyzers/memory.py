@@ -162,7 +162,7 @@ def memory_events(trace: Trace) -> pd.DataFrame:
                                    "total_allocated", "total_reserved", "op", "op_name", "phase", "kind"])
         cache["memory_events"] = df
         return df
-    df = m[m["bytes"].notna()].copy()
+    df = m[m["bytes"].notna()]  # a new frame already (boolean selection; copy-on-write)
     df["event"] = df.index
     df["device_type"] = df["device_type"].fillna(-1).astype("int64")
     df["device_id"] = df["device_id"].fillna(-1).astype("int64")
