@@ -13,10 +13,11 @@ import re
 import numpy as np
 import pandas as pd
 
-from qtrace.analyzers.distinct import map_distinct
+from qtrace.analyzers.distinct import map_distinct, shared_objects
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, backend_for
 from qtrace.tracefile.kineto import Trace
+from qtrace.tracefile.strings import str_column
 
 _OPS_CHAIN_DEPTH = 6  # innermost host ops kept in the `ops` context: enough for aten::mm < matmul < linear
 _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
@@ -91,9 +92,9 @@ def _context_table(trace: Trace) -> tuple[pd.DataFrame, np.ndarray]:
     contexts: list[tuple] = [empty]
     ctx_of = np.zeros(n, dtype=np.int64)
     if n:
-        name_code, name_uniq = pd.factorize(ops["name"].to_numpy(dtype=object), use_na_sentinel=False)
-        cat_code, cat_uniq = pd.factorize(ops["cat"].to_numpy(dtype=object), use_na_sentinel=False)
-        names, cats = list(name_uniq), list(cat_uniq)
+        name_code, name_uniq = pd.factorize(ops["name"], use_na_sentinel=False)
+        cat_code, cat_uniq = pd.factorize(ops["cat"], use_na_sentinel=False)
+        names, cats = list(np.asarray(name_uniq, dtype=object)), list(np.asarray(cat_uniq, dtype=object))
         n_cat = max(len(cats), 1)
         n_pair = len(names) * n_cat
         pair = name_code.astype(np.int64) * n_cat + cat_code
@@ -206,9 +207,13 @@ def gpu_phases(trace: Trace) -> pd.DataFrame:
         return cache["gpu_phases"]
     gpu = trace.gpu.copy(deep=False)  # new columns only (copy-on-write)
     op_rows = gpu["op"].to_numpy()
-    gpu["phase"] = _classify_distinct(trace, op_rows, gpu["cat"].to_numpy(), gpu["name"].to_numpy())
-    gpu["group"] = map_distinct(gpu["phase"], group_of)
-    gpu["step"], gpu["step_name"] = _steps_for(trace, op_rows)
+    # Label columns are built from their few distinct values (str_column): same str dtype, no
+    # resident slack from pandas' Arrow conversion of a million objects.
+    phase = _classify_distinct(trace, op_rows, shared_objects(gpu["cat"]), shared_objects(gpu["name"]))
+    gpu["phase"] = str_column(phase)
+    gpu["group"] = str_column(map_distinct(phase, group_of))
+    step, step_name = _steps_for(trace, op_rows)
+    gpu["step"], gpu["step_name"] = step, str_column(step_name)
     cache["gpu_phases"] = gpu
     return gpu
 
@@ -232,16 +237,17 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     distinct["quant_backend"] = quant_backend(trace)
     phase = pd.Series(classify(distinct).to_numpy()[ctx_of], index=ops.index, dtype=object)
     gpu = gpu_phases(trace)
-    launched = gpu[gpu["op"] >= 0].drop_duplicates("op", keep="first")
+    # Filters take only the columns they read (a filtered copy of a whole table copies its names).
+    launched = gpu.loc[gpu["op"] >= 0, ["op", "phase"]].drop_duplicates("op", keep="first")
     phase.loc[launched["op"].to_numpy()] = launched["phase"].to_numpy()
     # Annotations carry no work of their own beyond Python between ops: keep them out of phases.
-    phase[ops["cat"].to_numpy() != "cpu_op"] = "other"
-    ops["phase"] = phase.to_numpy()
-    ops["group"] = map_distinct(ops["phase"], group_of)
-    child_time = ops[ops["parent"] >= 0].groupby("parent")["dur"].sum()
+    phase[shared_objects(ops["cat"]) != "cpu_op"] = "other"
+    ops["phase"] = str_column(phase.to_numpy())
+    ops["group"] = str_column(map_distinct(phase.to_numpy(), group_of))
+    child_time = ops.loc[ops["parent"] >= 0, ["parent", "dur"]].groupby("parent")["dur"].sum()
     ops["self_us"] = (ops["dur"] - child_time.reindex(ops.index, fill_value=0.0)).clip(lower=0.0)
     ops["step"] = table["step"].to_numpy()[ctx_of]
-    ops["step_name"] = table["step_name"].to_numpy(dtype=object)[ctx_of]
+    ops["step_name"] = str_column(table["step_name"].to_numpy(dtype=object)[ctx_of])
     cache["op_phases"] = ops
     return ops
 
@@ -257,19 +263,20 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
     rt_op = rt["op"].to_numpy()
     phase = np.where(rt_op >= 0, op_phase[np.clip(rt_op, 0, None)] if len(op_phase) else "other", "other")
     gpu = gpu_phases(trace)
-    launched = gpu[gpu["runtime"] >= 0].drop_duplicates("runtime", keep="first")
+    launched = gpu.loc[gpu["runtime"] >= 0, ["runtime", "phase"]].drop_duplicates("runtime", keep="first")
     phase = pd.Series(phase, index=rt.index, dtype=object)
     phase.loc[launched["runtime"].to_numpy()] = launched["phase"].to_numpy()
-    rt["phase"] = phase.to_numpy()
-    rt["group"] = map_distinct(rt["phase"], group_of)
+    rt["phase"] = str_column(phase.to_numpy())
+    rt["group"] = str_column(map_distinct(phase.to_numpy(), group_of))
     rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
     # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
-    pageable = gpu[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False)]["runtime"]
+    pageable = gpu.loc[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False), "runtime"]
     lo, hi = window(trace)
     inside = (rt["ts"] >= lo) & (rt["ts"] <= hi)
     rt["is_sync"] = inside & (rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS)
                                                             & rt.index.isin(pageable)))
-    rt["step"], rt["step_name"] = _steps_for(trace, rt_op)
+    step, step_name = _steps_for(trace, rt_op)
+    rt["step"], rt["step_name"] = step, str_column(step_name)
     cache["runtime_phases"] = rt
     return rt
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from qtrace.analyzers.distinct import shared_objects
 from qtrace.tracefile import Trace
 
 ITEMSIZE = {"fp64": 8, "fp32": 4, "fp16": 2, "bf16": 2}
@@ -33,7 +34,7 @@ def trace_facts(trace: Trace) -> dict[str, Any]:
     from qtrace.backends.bitsandbytes.outliers import outlier_section
 
     ops = trace.ops
-    names = ops["name"].to_numpy(dtype=object)
+    names = shared_objects(ops["name"])
     parent = ops["parent"].to_numpy()
     is_quant = np.array([isinstance(n, str) and n.startswith(QUANT_MODULE_PREFIXES) for n in names])
     memo: dict[int, bool] = {}

@@ -14,13 +14,43 @@ import numpy as np
 import pandas as pd
 
 
+def shared_objects(values: pd.Series | pd.Index) -> np.ndarray:
+    """``values.to_numpy(dtype=object)``, equal strings sharing one object.
+
+    A string column held by Arrow gives one new Python string per row through ``to_numpy``
+    (a million kernel names: ~35 MB and a second); its integer codes and distinct values
+    give the same values as pointers to a few hundred strings.
+    """
+    if not isinstance(values.dtype, pd.StringDtype):
+        return values.to_numpy(dtype=object)
+    codes, uniq = pd.factorize(values, use_na_sentinel=False)
+    return np.asarray(uniq, dtype=object)[codes]
+
+
+PYTHON_STR = pd.StringDtype("python", na_value=np.nan)
+
+
+def python_strings(values: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """A str column of `values` (an object array) whose rows point at the given Python strings.
+
+    pandas would copy every row's text into Arrow (a 300-character kernel name per row); when a
+    column has few distinct, long values this holds 8 bytes a row instead. Same values, same
+    string methods; only the storage (``StringDtype("python")``) differs.
+    """
+    return pd.array(values, dtype=PYTHON_STR)
+
+
 def _objects(values: Any) -> np.ndarray:
     if isinstance(values, pd.Series | pd.Index):
-        return values.to_numpy(dtype=object)
+        return shared_objects(values)
     return np.asarray(values, dtype=object)
 
 
 def _codes(values: Any) -> tuple[np.ndarray, list]:
+    if isinstance(values, pd.Series | pd.Index) and isinstance(values.dtype, pd.StringDtype):
+        # A string column holds no None beside NaN: its own codes, without a string per row.
+        codes, uniq = pd.factorize(values, use_na_sentinel=False)
+        return codes, list(np.asarray(uniq, dtype=object))
     codes, uniq = pd.factorize(_objects(values), use_na_sentinel=False)
     return codes, list(uniq)
 

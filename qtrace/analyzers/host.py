@@ -9,12 +9,16 @@ adds up to the span.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
+from qtrace.analyzers.distinct import shared_objects
 from qtrace.analyzers.segments import sweep_segments
 from qtrace.tracefile.kineto import Trace
+from qtrace.tracefile.strings import str_column
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
 GPU_BOUND_IDLE_SHARE = 0.1
@@ -65,7 +69,7 @@ def host_summary(trace: Trace) -> dict:
     bs, be = busy_intervals(gpu)
     busy = covered_in(bs, be, lo, hi)
     rt = runtime_phases(trace)
-    syncs = rt[rt["is_sync"]]
+    syncs = rt.loc[rt["is_sync"], ["name", "dur"]]  # only what is read: not a copy of every column
     idle = max(span - busy, 0.0)
     idle_share = idle / span if span > 0 else 0.0
     comm_us = comm_range_us(trace)
@@ -89,10 +93,15 @@ def host_summary(trace: Trace) -> dict:
         "syncs": int(len(syncs)),
         "sync_us": float(syncs["dur"].sum()),
         "syncs_by_call": {str(k): {"count": int(v["count"]), "us": float(v["sum"])} for k, v in by_call.iterrows()},
-        "host_op_us": float(op_phases(trace).query("cat == 'cpu_op'")["self_us"].sum()),
+        "host_op_us": float(_cpu_op_self_us(op_phases(trace)).sum()),
         "comm_range_us": comm_us,
         "verdict": verdict,
     }
+
+
+def _cpu_op_self_us(ops: pd.DataFrame) -> pd.Series:
+    """Self time of the cpu_op rows (host annotations excluded), without copying the other columns."""
+    return ops.loc[ops["cat"] == "cpu_op", "self_us"]
 
 
 # Communication ranges a CPU backend records as annotations on its own threads (gloo:all_reduce...).
@@ -129,38 +138,61 @@ def _on_thread(df: pd.DataFrame, pid: str, tid: str) -> np.ndarray:
     """Rows of `df` on thread (pid, tid), as a bool mask (object compares: no per-row pandas boxing)."""
     if not len(df):
         return np.zeros(0, dtype=bool)
-    return (df["pid"].to_numpy(dtype=object) == pid) & (df["tid"].to_numpy(dtype=object) == tid)
+    return (shared_objects(df["pid"]) == pid) & (shared_objects(df["tid"]) == tid)
+
+
+@dataclass(frozen=True)
+class _Segments:
+    """One thread's segments: [start, end) and the phase of each as a code into `names`."""
+
+    start: np.ndarray
+    end: np.ndarray
+    codes: np.ndarray
+    names: np.ndarray
+
+
+def _segment_codes(trace: Trace, thread: tuple[str, str]) -> _Segments | None:
+    """The segments of `_self_segments` with phases as codes (None: the thread has no op or call).
+
+    Cached per thread in this form: a million segments' phase names held as Arrow text took
+    ~25 MB per 400 MB of trace for the whole report; the codes take 4 bytes a segment.
+    """
+    cache = trace.__dict__.setdefault("_qtrace_cache", {})
+    key = ("self_segment_codes", tuple(thread))
+    if key in cache:
+        return cache[key]
+    ops = op_phases(trace)
+    rt = runtime_phases(trace)
+    pid, tid = thread
+    o = _on_thread(ops, pid, tid) & (shared_objects(ops["cat"]) == "cpu_op")
+    r = _on_thread(rt, pid, tid)
+    if not o.any() and not r.any():
+        return None
+    ts = np.concatenate([ops["ts"].to_numpy()[o], rt["ts"].to_numpy()[r]])
+    end = np.concatenate([ops["end"].to_numpy()[o], rt["end"].to_numpy()[r]])
+    phase = np.concatenate([shared_objects(ops["phase"])[o], shared_objects(rt["phase"])[r]])
+    # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
+    order = np.lexsort((np.arange(len(ts)), -end, ts))
+    seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)
+    codes, names = pd.factorize(seg_p, use_na_sentinel=False)
+    out = _Segments(seg_s, seg_e, codes.astype(np.int32), np.asarray(names, dtype=object))
+    cache[key] = out
+    return out
 
 
 def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
     """Non-overlapping [start, end) segments of one thread labelled with the innermost op's phase.
 
     Runtime calls count as leaves inside their op. Time on the thread inside no cpu_op is
-    labelled OUTSIDE_OPS. Cached per thread on the trace (exposed_us and the annotated trace
-    both use it); treat the returned frame as read-only.
+    labelled OUTSIDE_OPS. Built from the segments cached per thread (`_segment_codes`: exposed_us
+    and the annotated trace both use them).
     """
-    cache = trace.__dict__.setdefault("_qtrace_cache", {})
-    key = ("self_segments", tuple(thread))
-    if key in cache:
-        return cache[key]
-    ops = op_phases(trace)
-    rt = runtime_phases(trace)
-    pid, tid = thread
-    o = _on_thread(ops, pid, tid) & (ops["cat"].to_numpy(dtype=object) == "cpu_op")
-    r = _on_thread(rt, pid, tid)
-    if not o.any() and not r.any():
+    segs = _segment_codes(trace, thread)
+    if segs is None:
         return pd.DataFrame(columns=["start", "end", "phase"])
-    ts = np.concatenate([ops["ts"].to_numpy()[o], rt["ts"].to_numpy()[r]])
-    end = np.concatenate([ops["end"].to_numpy()[o], rt["end"].to_numpy()[r]])
-    phase = np.concatenate([ops["phase"].to_numpy(dtype=object)[o], rt["phase"].to_numpy(dtype=object)[r]])
-    # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
-    order = np.lexsort((np.arange(len(ts)), -end, ts))
-    seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)
-    if not len(seg_s):  # the dtypes the sweep's empty lists gave
-        seg_s, seg_e, seg_p = [], [], []
-    out = pd.DataFrame({"start": seg_s, "end": seg_e, "phase": seg_p})
-    cache[key] = out
-    return out
+    if not len(segs.start):  # the dtypes the sweep's empty lists gave
+        return pd.DataFrame({"start": [], "end": [], "phase": []})
+    return pd.DataFrame({"start": segs.start, "end": segs.end, "phase": str_column(segs.names[segs.codes])})
 
 
 def exposed_host_time(trace: Trace) -> pd.Series:
@@ -180,15 +212,15 @@ def exposed_host_time(trace: Trace) -> pd.Series:
     busy_cum = np.concatenate([[0.0], np.ravel(np.column_stack([np.zeros_like(bs), be - bs])).cumsum(), [0.0]])
     busy_cum[-1] = busy_cum[-2]
     idle_cum = (xs - lo) - busy_cum
-    segs = _self_segments(trace, thread)
-    if segs.empty:
+    segs = _segment_codes(trace, thread)
+    if segs is None or not len(segs.start):
         return pd.Series({OUTSIDE_OPS: float(idle_cum[-1])})
-    s = np.clip(segs["start"].to_numpy(dtype=float), lo, hi)
-    e = np.clip(segs["end"].to_numpy(dtype=float), lo, hi)
+    s = np.clip(segs.start.astype(float), lo, hi)
+    e = np.clip(segs.end.astype(float), lo, hi)
     overlap = np.interp(e, xs, idle_cum) - np.interp(s, xs, idle_cum)
     # Summed by integer codes of the phases (an index of a million strings costs ~100 MB), in the
     # same order within each phase, then sorted by phase as grouping by the names sorts them.
-    codes, names = pd.factorize(segs["phase"].to_numpy(dtype=object))
+    codes, names = segs.codes, segs.names
     sums = pd.Series(overlap).groupby(codes).sum()
     exposed = pd.Series(sums.to_numpy(), index=pd.Index(np.asarray(names, dtype=object)[sums.index.to_numpy()],
                                                         dtype=object)).sort_index()

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import context_column, op_phases
-from qtrace.analyzers.distinct import map_distinct
+from qtrace.analyzers.distinct import map_distinct, python_strings, shared_objects
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
 from qtrace.markup import md_escape, md_table
@@ -100,7 +100,7 @@ def _quant_op_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     if not n or not len(rows):
         return np.full(len(rows), -1, dtype=np.int64)
-    codes, names = pd.factorize(ops["name"].to_numpy(dtype=object), use_na_sentinel=False)
+    codes, names = pd.factorize(shared_objects(ops["name"]), use_na_sentinel=False)
     is_quant_op = np.array([str(x).startswith(OP_PREFIXES) for x in names], dtype=bool)[codes]
     parent = ops["parent"].to_numpy()
     # For every op at once, level by level up the tree: a backend op is its own answer, a root that is
@@ -119,16 +119,18 @@ def _quant_op_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
     return found[rows]
 
 
-def _op_labels(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
-    """Per event: op_name, phase and kind of its op (-1: no op -> `other`, kind "outside any op")."""
+def _op_labels(trace: Trace, op_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per event: op_name, phase and kind of its op (-1: no op -> `other`, kind "outside any op"), as
+    object arrays whose equal values share one string."""
     n = len(op_rows)
-    out = pd.DataFrame({"op_name": [""] * n, "phase": [OUTSIDE_OPS] * n, "kind": [NO_OP_KIND] * n})
+    out = {"op_name": np.full(n, "", dtype=object), "phase": np.full(n, OUTSIDE_OPS, dtype=object),
+           "kind": np.full(n, NO_OP_KIND, dtype=object)}
     has = op_rows >= 0
     if not has.any():
         return out
     ops = op_phases(trace)
     rows = op_rows[has]
-    phase = ops["phase"].to_numpy(dtype=object)
+    phase = shared_objects(ops["phase"])
     quant_op = _quant_op_rows(trace, rows)
     quant_op_phase = np.where(quant_op >= 0, phase[np.clip(quant_op, 0, None)], "")
     cols = [phase[rows], context_column(trace, "ops", rows), quant_op_phase]
@@ -140,9 +142,9 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
     kind_of = np.empty(len(first), dtype=object)
     kind_of[:] = [_kind_of(cols[0][i], cols[1][i], cols[2][i]) for i in first.tolist()]
-    out.loc[has, "op_name"] = ops["name"].to_numpy(dtype=object)[rows]
-    out.loc[has, "phase"] = cols[0]
-    out.loc[has, "kind"] = kind_of[inverse.ravel()]
+    out["op_name"][has] = shared_objects(ops["name"])[rows]
+    out["phase"][has] = cols[0]
+    out["kind"][has] = kind_of[inverse.ravel()]
     return out
 
 
@@ -160,17 +162,19 @@ def memory_events(trace: Trace) -> pd.DataFrame:
                                    "total_allocated", "total_reserved", "op", "op_name", "phase", "kind"])
         cache["memory_events"] = df
         return df
-    df = m[m["bytes"].notna()].copy()
+    df = m[m["bytes"].notna()]  # a new frame already (boolean selection; copy-on-write)
     df["event"] = df.index
     df["device_type"] = df["device_type"].fillna(-1).astype("int64")
     df["device_id"] = df["device_id"].fillna(-1).astype("int64")
     df["bytes"] = df["bytes"].astype("int64")
     labels = {k: device_label(*k) for k in df[["device_type", "device_id"]].drop_duplicates()
               .itertuples(index=False, name=None)}
-    df["device"] = [labels[k] for k in zip(df["device_type"].tolist(), df["device_id"].tolist(), strict=True)]
-    lab = _op_labels(trace, df["op"].to_numpy(dtype=np.int64))
-    for c in lab:
-        df[c] = lab[c].to_numpy()
+    # Labels point at one string per distinct value (python_strings): cached for the report's life.
+    device = np.empty(len(df), dtype=object)
+    device[:] = [labels[k] for k in zip(df["device_type"].tolist(), df["device_id"].tolist(), strict=True)]
+    df["device"] = python_strings(device)
+    for c, values in _op_labels(trace, df["op"].to_numpy(dtype=np.int64)).items():
+        df[c] = python_strings(values)
     # Stable sort keeps file order for equal timestamps: that is the allocator's order.
     df = df.sort_values(["device_type", "device_id", "ts"], kind="stable").reset_index(drop=True)
     cache["memory_events"] = df
@@ -445,7 +449,7 @@ def _occurrence_increments(dm: DeviceMemory) -> pd.Series:
     ev = dm.events
     if len(ev) == 0:
         return pd.Series(dtype="int64")
-    phase = ev["phase"].to_numpy(dtype=object)
+    phase = shared_objects(ev["phase"])
     run = np.cumsum(np.r_[True, phase[1:] != phase[:-1]])
     entry = dm.level - ev["bytes"].to_numpy(dtype=np.int64)
     runs = pd.DataFrame({"run": run, "phase": phase, "level": dm.level, "entry": entry}).groupby("run").agg(

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.analyzers.distinct import mask_distinct
+from qtrace.analyzers.distinct import mask_distinct, python_strings, shared_objects
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.analyzers.shapes import (
     DTYPE_KIND,
@@ -298,16 +298,20 @@ def units(trace: Trace) -> pd.DataFrame:
     op_rows = gpu["op"].to_numpy()
     has_op = op_rows >= 0
     safe = np.clip(op_rows, 0, None)
-    op_name = np.where(has_op, ops["name"].to_numpy(dtype=object)[safe] if len(ops) else "", "")
+    op_name = np.where(has_op, shared_objects(ops["name"])[safe] if len(ops) else "", "")
     dims = np.where(has_op, ops["input_dims"].to_numpy(dtype=object)[safe] if len(ops) else None, None)
     types = np.where(has_op, ops["input_type"].to_numpy(dtype=object)[safe] if len(ops) else None, None)
-    kind = gpu["cat"].to_numpy(dtype=object)
-    kname = gpu["name"].to_numpy(dtype=object)
+    # Names, kinds and phases as integer codes: a per-event frame of kernel names held ~30 MB per
+    # 100k events (Arrow strings, copied again by each sort and group-by).
+    kind_code, kinds = _codes(gpu["cat"])
+    kernel_code, kernels = _codes(gpu["name"])
+    phase_code, phases = _codes(gpu["phase"])
+    kind, kname = kinds[kind_code], kernels[kernel_code]
     is_copy = np.isin(kind, ["gpu_memcpy", "gpu_memset"])
     is_quant_op = mask_distinct(op_name, lambda n: isinstance(n, str) and n.startswith(OP_PREFIXES))
     context_col = _backend_context(trace, op_rows, op_name, has_op)
     raw_bytes = gpu["bytes"].to_numpy(dtype=object) if "bytes" in gpu else np.full(len(gpu), None, dtype=object)
-    keys = pd.DataFrame({
+    keys = {
         "kind": kind,
         "op_name": op_name,
         "kernel": np.where(is_quant_op | is_copy | (op_name == "aten::cat"), kname, ""),
@@ -315,30 +319,38 @@ def units(trace: Trace) -> pd.DataFrame:
         "types": types,
         "bytes": np.where(is_copy, raw_bytes, None),
         "context": context_col,
-    })
-    key_cols = list(keys.columns)
-    gid = keys.fillna("\x00").groupby(key_cols, sort=False, dropna=False).ngroup().to_numpy()
-    first = pd.Series(np.arange(len(keys))).groupby(gid).first()
-    works: dict[int, Work | None] = {}
-    for g, row in first.items():
-        works[int(g)] = _estimate(keys.iloc[int(row)])
+    }
+    gid = _key_groups(list(keys.values()))
+    first = np.unique(gid, return_index=True)[1]
+    # One row per distinct key, as a DataFrame of all events would give it (same value types).
+    first_keys = pd.DataFrame({c: v[first] for c, v in keys.items()})
+    del keys
+    works: dict[int, Work | None] = {g: _estimate(first_keys.iloc[g]) for g in range(len(first))}
     n_groups = len(works)
     model_of = np.empty(n_groups, dtype=object)
     model_of[:] = [(works[g].model if works[g] else None) for g in range(n_groups)]
-    model = model_of[gid]
+    model_key_of = pd.factorize(np.array(["" if m is None else m for m in model_of], dtype=object))[0]
     ev = pd.DataFrame({
-        "op": op_rows, "model": model, "kernel": kname, "phase": gpu["phase"].to_numpy(dtype=object),
-        "kind": kind, "dur": gpu["dur"].to_numpy(dtype=float), "gid": gid, "step": gpu["step"].to_numpy(),
+        "op": op_rows, "kernel": kernel_code, "phase": phase_code, "kind": kind_code,
+        "dur": gpu["dur"].to_numpy(dtype=float), "gid": gid, "step": gpu["step"].to_numpy(),
     })
     # Events without a launching op or a model each stand alone (unknown work).
-    alone = (ev["op"] < 0) | ev["model"].isna()
-    ev["ukey"] = np.where(alone, -1 - np.arange(len(ev)), ev["op"])
-    ev["model_key"] = ev["model"].fillna("")
+    alone = (op_rows < 0) | pd.isna(model_of[gid])
+    ev["ukey"] = np.where(alone, -1 - np.arange(len(ev)), op_rows)
+    ev["model_key"] = model_key_of[gid]
     ev = ev.sort_values("dur", ascending=False, kind="stable")
     grouped = ev.groupby(["ukey", "model_key"], sort=False)
     agg = grouped.agg(op=("op", "first"), kernel=("kernel", "first"), phase=("phase", "first"),
                       kind=("kind", "first"), events=("dur", "size"), gpu_us=("dur", "sum"), gid=("gid", "first"),
-                      step=("step", "first"), model=("model", "first"))
+                      step=("step", "first"))
+    gid_first = agg["gid"].to_numpy()
+    # Back to values; a unit's events share one model, so its first event's is the unit's.
+    # Kernel names point at one string per distinct name (cached for the report's life: ~300 bytes
+    # a row in Arrow).
+    agg["kernel"] = python_strings(kernels[agg["kernel"].to_numpy()])
+    agg["phase"] = python_strings(phases[agg["phase"].to_numpy()])
+    agg["kind"] = python_strings(kinds[agg["kind"].to_numpy()])
+    agg["model"] = model_of[gid_first]
     # Per-event work (copies) sums over the unit's events; op-level work counts once.
     ev_bytes_of = np.empty(n_groups, dtype=object)
     ev_bytes_of[:] = [works[g].bytes if works[g] is not None and works[g].per_event else np.nan
@@ -346,7 +358,7 @@ def units(trace: Trace) -> pd.DataFrame:
     ev["ev_bytes"] = ev_bytes_of[ev["gid"].to_numpy()].tolist()  # a list: pandas infers the dtype as before
     agg["ev_bytes"] = grouped["ev_bytes"].sum(min_count=1)
     rows_b, rows_f, rows_i, rows_d, rows_l = [], [], [], [], []
-    for g, evb in zip(agg["gid"].to_numpy(), agg["ev_bytes"].to_numpy(), strict=True):
+    for g, evb in zip(gid_first, agg["ev_bytes"].to_numpy(), strict=True):
         w = works[int(g)]
         if w is None:
             rows_b.append(np.nan)
@@ -366,7 +378,7 @@ def units(trace: Trace) -> pd.DataFrame:
     # A fp32 GEMM run by a TF32 tensor-core kernel is held against a TF32 peak (none in the peak
     # table: then it has no roof), never the fp32 CUDA-core peak it can beat ("128% of roof").
     tf32 = re.compile(TF32_KERNELS)
-    is_tf32 = mask_distinct(agg["kernel"].astype(str), lambda k: tf32.search(k) is not None)
+    is_tf32 = mask_distinct(agg["kernel"], lambda k: tf32.search(str(k)) is not None)
     agg["dtype"] = ["tf32" if d == "fp32" and t else d for d, t in zip(rows_d, is_tf32, strict=True)]
     agg["link"] = rows_l
     out = agg.reset_index(drop=True)[UNIT_COLUMNS]
@@ -375,6 +387,22 @@ def units(trace: Trace) -> pd.DataFrame:
     cache["roofline_unit_of_event"] = unit_of_event
     cache["roofline_units"] = out
     return out
+
+
+def _codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(integer code of each row, distinct values as an object array) of a column."""
+    codes, uniq = pd.factorize(column, use_na_sentinel=False)
+    return codes, np.asarray(uniq, dtype=object)
+
+
+def _key_groups(columns: list[np.ndarray]) -> np.ndarray:
+    """Group number of each row's combination of values, NaN-like values one value ("\x00", as
+    fillna gives), numbered in order of first appearance as groupby(sort=False).ngroup() does."""
+    gid = np.zeros(len(columns[0]), dtype=np.int64)
+    for col in columns:
+        codes, uniq = pd.factorize(np.where(pd.isna(col), "\x00", col), use_na_sentinel=False)
+        gid = pd.factorize(gid * max(len(uniq), 1) + codes)[0]
+    return gid
 
 
 def unit_of_event(trace: Trace) -> np.ndarray:
@@ -426,7 +454,7 @@ TF32_KERNELS = r"(?i)tf32|s1688gemm|s16816gemm|sm80_xmma_gemm_f32f32_tf32|cutlas
 
 def unit_bounds(u: pd.DataFrame, peaks: Peaks) -> pd.DataFrame:
     """Per unit: ideal memory / compute time at the roofs (µs), utilisation, and bound label."""
-    u = u.copy()
+    u = u.copy(deep=False)  # new columns only (copy-on-write)
     n = len(u)
     bw = peaks.bandwidth_bps()
     hbm = (u["link"] == "hbm").to_numpy() & u["bytes"].notna().to_numpy()
@@ -524,6 +552,10 @@ def rate_row(u: pd.DataFrame, peaks: Peaks, total_us: float | None = None) -> di
     return row
 
 
+# The unit columns rate_row reads.
+_RATE_INPUTS = ["gpu_us", "bytes", "link", "bound", "flops", "int_ops", "dtype", "t_mem_us", "t_comp_us"]
+
+
 def phase_roofline(trace: Trace, peaks: Peaks | None = None) -> pd.DataFrame:
     """One row per phase with GPU time: its work, achieved rates against the peaks, and bound."""
     peaks = peaks or peaks_for(trace.device_name)
@@ -533,9 +565,11 @@ def phase_roofline(trace: Trace, peaks: Peaks | None = None) -> pd.DataFrame:
     gpu = gpu_phases(trace)
     totals = gpu.groupby("phase")["dur"].sum()
     u = unit_bounds(u, peaks)
+    unit_phase = shared_objects(u["phase"])
+    u = u[_RATE_INPUTS]  # each phase's selection copies only what rate_row reads (not the kernel names)
     rows = []
     for phase in [p for p in PHASE_ORDER if p in totals.index]:
-        rows.append({"phase": phase, **rate_row(u[u["phase"] == phase], peaks, float(totals[phase]))})
+        rows.append({"phase": phase, **rate_row(u[unit_phase == phase], peaks, float(totals[phase]))})
     return pd.DataFrame(rows, columns=["phase", *RATE_COLUMNS])
 
 
@@ -550,9 +584,11 @@ def kernel_roofline(trace: Trace, peaks: Peaks | None = None, top: int | None = 
     if top:
         totals = totals.head(top)
     u = unit_bounds(u, peaks)
+    unit_kernel, unit_phase = shared_objects(u["kernel"]), shared_objects(u["phase"])
+    u = u[[*_RATE_INPUTS, "model"]]  # each kernel's selection copies only what is read (not the kernel names)
     rows = []
     for (kernel, phase), _ in totals.items():
-        sel = u[(u["kernel"] == kernel) & (u["phase"] == phase)]
+        sel = u[(unit_kernel == kernel) & (unit_phase == phase)]
         models = sel["model"].dropna().unique()
         rows.append({"kernel": kernel, "phase": phase, "model": ",".join(sorted(models)) or None,
                      **rate_row(sel, peaks)})

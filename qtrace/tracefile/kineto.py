@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import itertools
 import operator
 import os
 import re
@@ -45,7 +44,9 @@ import numpy as np
 import pandas as pd
 
 from qtrace.errors import TraceFormatError
+from qtrace.tracefile.blocks import BlockColumn, CodeTable
 from qtrace.tracefile.nesting import parents
+from qtrace.tracefile.strings import text_column
 
 HOST_RANGE_CATS = ("cpu_op", "user_annotation", "python_function")
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
@@ -488,31 +489,35 @@ _MEM_ARG_FIELD = {**_ARG_FIELD, "bytes": "mem_bytes"}
 
 
 class _Columns:
-    """Column pieces of the four tables, appended chunk by chunk; strings and shapes interned."""
+    """The four tables' columns, appended chunk by chunk (qtrace.tracefile.blocks); texts and shapes
+    as codes into tables of their distinct values."""
 
     def __init__(self) -> None:
-        self.pieces: dict[str, dict[str, list]] = {
-            t: {c: [] for c in columns} for t, columns in _TABLE_COLUMNS.items()}
-        self._strings: dict[Any, str] = {}
-        self._raws: dict[bytes, bytes | None] = {b"": None}
+        self.pieces: dict[str, dict[str, BlockColumn]] = {
+            t: {c: BlockColumn(_piece_dtype(c)) for c in columns} for t, columns in _TABLE_COLUMNS.items()}
+        self.texts = CodeTable()
+        self.raws = CodeTable()
+        self.raws.add(b"", None)  # no shapes recorded: None
         self.other_cats: dict[str, int] = {}
 
-    def _str(self, values: list) -> list[str]:
-        table = self._strings
+    def _str(self, values: list) -> np.ndarray:
+        table = self.texts
+        code_of = table.code_of
         uniq = set(values)
-        for v in uniq.difference(table):
+        for v in uniq.difference(code_of):
             # pid/tid are ints or strings: the column holds their text, as str(v) would give.
-            table[v] = v if isinstance(v, str) else str(v)
+            table.add(v, v if isinstance(v, str) else str(v))
         if len(uniq) == 1:  # one thread, one category: common within a chunk
-            return [table[values[0]]] * len(values)
-        return list(map(table.__getitem__, values))
+            return np.full(len(values), code_of[values[0]], dtype=np.int32)
+        return np.fromiter(map(code_of.__getitem__, values), dtype=np.int32, count=len(values))
 
-    def _raw(self, values: list) -> list[bytes | None]:
+    def _raw(self, values: list) -> np.ndarray:
         vals = list(map(bytes, values))
-        table = self._raws
-        for v in set(vals).difference(table):
-            table[v] = v
-        return list(map(table.__getitem__, vals))
+        table = self.raws
+        code_of = table.code_of
+        for v in set(vals).difference(code_of):
+            table.add(v, v)
+        return np.fromiter(map(code_of.__getitem__, vals), dtype=np.int32, count=len(vals))
 
     def add(self, events: list[_Event]) -> None:
         if not events:
@@ -571,13 +576,24 @@ class _Columns:
                 out[c].append(arr)
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """Raw DataFrames (absolute ts, no `end` yet). Consumes the pieces: each column's pieces are
-        dropped as soon as its array is built, so a big trace never holds both whole."""
+        """Raw DataFrames (absolute ts, no `end` yet). Consumes the pieces: each column's blocks are
+        released as soon as its array is built, so a big trace never holds both whole."""
         out = {}
+        texts = np.empty(len(self.texts.values), dtype=object)
+        texts[:] = self.texts.values
+        raws = np.empty(len(self.raws.values), dtype=object)
+        raws[:] = self.raws.values
         for t in _TABLE_COLUMNS:
-            out[t] = _raw_frame(_TABLE_COLUMNS[t], self.pieces[t])
+            out[t] = _raw_frame(_TABLE_COLUMNS[t], self.pieces[t], texts, raws)
             self.pieces[t] = {}
         return out
+
+
+def _piece_dtype(column: str) -> type:
+    """What a column is appended as: codes for texts and shapes, floats for times, else int64."""
+    if column in _STR_COLS or column in ("input_dims", "input_type"):
+        return np.int32
+    return np.float64 if column in ("ts", "dur") else np.int64
 
 
 _COUNTED_CATS = frozenset(OTHER_DEVICE_CATS)
@@ -611,13 +627,9 @@ def _int_of(v: int | str) -> int:
     return n if _NA < n < 2**63 else _NA
 
 
-def _objects(parts: list[list], n: int) -> np.ndarray:
-    """The pieces as one object array of `n` values, without an intermediate list of them all."""
-    return np.fromiter(itertools.chain.from_iterable(parts), dtype=object, count=n)
-
-
-def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFrame:
-    n = sum(len(p) for p in pieces["ts"])
+def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: np.ndarray,
+               raws: np.ndarray) -> pd.DataFrame:
+    n = len(pieces["ts"])
     if n == 0:
         # The dtypes a non-empty table has (pandas would make float64 columns of empty lists, and the
         # analyzers' string methods would fail on a trace with, say, kernels but no host ops).
@@ -627,15 +639,15 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, list]) -> pd.DataFram
                              else pd.array([], dtype="Int64") for c in columns})
     data: dict[str, Any] = {}
     for c in columns:
-        parts = pieces.pop(c)
+        values = pieces.pop(c).build()
         if c in _STR_COLS:
-            data[c] = pd.array(_objects(parts, n), dtype=str)
+            data[c] = text_column(values, texts)
         elif c in ("input_dims", "input_type"):
-            data[c] = _objects(parts, n)
+            data[c] = raws[values]  # the interned shapes themselves, equal values one object
         elif c in ("ts", "dur"):
-            data[c] = np.concatenate(parts)
+            data[c] = values
         else:
-            vals = np.concatenate(parts)
+            vals = values
             mask = vals == _NA
             vals[mask] = 0
             data[c] = pd.arrays.IntegerArray(vals, mask)
@@ -699,15 +711,27 @@ _EPS = 1e-3  # tolerance for the float rounding of µs timestamps (Kineto writes
 
 def _thread_keys(tables: list[pd.DataFrame]) -> np.ndarray:
     """One integer per event of `tables` (concatenated) naming its thread, as the string pid + "/" + tid would."""
-    pid = np.concatenate([df["pid"].to_numpy(dtype=object) for df in tables])
-    tid = np.concatenate([df["tid"].to_numpy(dtype=object) for df in tables])
-    pid_code, pid_uniq = pd.factorize(pid)
-    tid_code, tid_uniq = pd.factorize(tid)
+    # Codes of each table's own column, joined over the tables' distinct values (to_numpy would
+    # make one Python string per row of an Arrow column).
+    pid_code, pid_uniq = _joint_codes([df["pid"] for df in tables])
+    tid_code, tid_uniq = _joint_codes([df["tid"] for df in tables])
     pair_uniq, pair_code = np.unique(pid_code.astype(np.int64) * len(tid_uniq) + tid_code, return_inverse=True)
     # Key on the joined text, like a join would (so "1/2" + "3" and "1" + "2/3" are one thread, as before).
     text = [f"{pid_uniq[q // len(tid_uniq)]}/{tid_uniq[q % len(tid_uniq)]}" for q in pair_uniq.tolist()]
     key_of_pair = pd.factorize(np.array(text, dtype=object))[0]
     return key_of_pair[pair_code.ravel()]
+
+
+def _joint_codes(columns: list[pd.Series]) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values) of the columns concatenated, as pd.factorize of the joined values gives."""
+    parts = [pd.factorize(c) for c in columns]
+    uniq = np.concatenate([np.asarray(u, dtype=object) for _, u in parts])
+    code_of, joint = pd.factorize(uniq)
+    code_of = np.append(code_of, -1)  # what a missing value's clipped index may reach
+    offsets = np.cumsum([0] + [len(u) for _, u in parts])[:-1]
+    codes = [np.where(c >= 0, code_of[np.clip(c, 0, None) + off], -1)
+             for (c, _), off in zip(parts, offsets, strict=True)]
+    return np.concatenate(codes), np.asarray(joint, dtype=object)
 
 
 def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> None:

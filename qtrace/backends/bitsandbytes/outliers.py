@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases
-from qtrace.analyzers.distinct import mask_distinct
+from qtrace.analyzers.distinct import mask_distinct, shared_objects
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX
 from qtrace.tracefile.kineto import Trace
 
@@ -114,7 +114,7 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
     ops = trace.ops
     if ops.empty:
         return pd.DataFrame(columns=CALL_COLUMNS)
-    names = ops["name"].to_numpy(dtype=object)
+    names = shared_objects(ops["name"])
     quant = np.nonzero(names == QUANT_OP)[0]
     mixed = np.nonzero(names == MIXED_OP)[0]
     scaled = np.nonzero(names == SCALED_OP)[0]
@@ -204,7 +204,7 @@ def _steps(trace: Trace, rows: list[int]) -> tuple[list[int], list[str]]:
     ordinal among all qtrace.step ranges in time order, so each decode step is a step); else
     ProfilerStep#N; else -1."""
     ops = trace.ops
-    names = ops["name"].to_numpy(dtype=object)
+    names = shared_objects(ops["name"])
     parent = ops["parent"].to_numpy()
     is_qstep = mask_distinct(names, lambda n: isinstance(n, str) and n.startswith("qtrace.step:"))
     qrows = np.nonzero(is_qstep)[0]
@@ -264,11 +264,11 @@ def _add_outlier_time(trace: Trace, out: pd.DataFrame, calls: list[dict[str, Any
     if not trace.has_gpu:  # a CPU trace: no kernels, no syncs
         return
     gpu = gpu_phases(trace)
-    g = gpu[gpu["phase"].isin(OUTLIER_PHASES) & (gpu["op"] >= 0)]
+    g = gpu.loc[gpu["phase"].isin(OUTLIER_PHASES) & (gpu["op"] >= 0), ["op", "dur"]]  # not a copy of every name
     gmember = _call_membership(ops, key, anchors, g["op"].to_numpy())
     gsum = pd.Series(g["dur"].to_numpy()).groupby(call_of(gmember)).sum()
     rt = runtime_phases(trace)
-    s = rt[rt["is_sync"] & rt["phase"].isin(OUTLIER_PHASES) & (rt["op"] >= 0)]
+    s = rt.loc[rt["is_sync"] & rt["phase"].isin(OUTLIER_PHASES) & (rt["op"] >= 0), ["op"]]
     smember = _call_membership(ops, key, anchors, s["op"].to_numpy())
     ssum = pd.Series(np.ones(len(s))).groupby(call_of(smember)).sum()
     out["outlier_gpu_us"] = gsum.reindex(idx, fill_value=0.0).to_numpy(dtype=float)
@@ -359,12 +359,12 @@ def outlier_section(trace: Trace, phases: pd.DataFrame | None = None, max_rows: 
 def _phase_time(trace: Trace) -> dict[str, dict[str, float]]:
     """GPU time, host self time and host syncs of each int8.outlier_* phase in the whole trace."""
     ops = op_phases(trace)
-    cpu = ops[ops["cat"] == "cpu_op"].groupby("phase")["self_us"].sum()
+    cpu = ops.loc[ops["cat"] == "cpu_op", ["phase", "self_us"]].groupby("phase")["self_us"].sum()
     gpu = gpu_phases(trace).groupby("phase")["dur"].sum() if trace.has_gpu else pd.Series(dtype=float)
     syncs = pd.Series(dtype=float)
     if trace.has_gpu:
         rt = runtime_phases(trace)
-        syncs = rt[rt["is_sync"]].groupby("phase").size()
+        syncs = rt.loc[rt["is_sync"], ["phase"]].groupby("phase").size()
     out = {}
     for p in OUTLIER_PHASES:
         g, c, n = float(gpu.get(p, 0.0)), float(cpu.get(p, 0.0)), int(syncs.get(p, 0))

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from qtrace.analyzers.distinct import shared_objects
 from qtrace.analyzers.shapes import DTYPE_BYTES, DTYPE_KIND, TEMPLATE_BYTES, Work, arg_tensor, sum_bytes
 from qtrace.tracefile.kineto import Trace
 
@@ -102,7 +103,7 @@ def _gemm_4bit_work(name: str, kernel: str, args: list[Any]) -> Work | None:
 def _mixed_dtypes(trace: Trace, op_rows: np.ndarray) -> dict[int, str | None]:
     """For int8_mm_dequant rows: the A dtype of the enclosing int8_mixed_scaled_mm, if any."""
     ops = trace.ops
-    names = ops["name"].to_numpy(dtype=object)
+    names = shared_objects(ops["name"])
     parent = ops["parent"].to_numpy()
     types = ops["input_type"].to_numpy(dtype=object)
     out: dict[int, str | None] = {}

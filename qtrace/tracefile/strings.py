@@ -1,0 +1,59 @@
+"""str columns of few distinct values, built from integer codes.
+
+pandas turns an object array of strings into an Arrow ``str`` column through an Arrow builder
+that doubles its buffer as it goes, after the caller has held one Python object per row; on a
+big trace both stayed resident as slack (hundreds of MB on 2 GB). A column of few distinct
+values (names, categories, phases) is written here once, into buffers of its exact size: the
+same dtype and values as ``pd.array(values, dtype=str)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:  # pandas holds str columns in Arrow when pyarrow is installed: then they are built directly
+    import pyarrow as pa
+except ImportError:  # pragma: no cover (pyarrow comes with pandas 3's usual installs)
+    pa = None
+
+_TEXT_BATCH = 1 << 16  # rows whose text is joined at a time
+_STR_DTYPE = pd.array(np.array(["a"], dtype=object), dtype=str).dtype
+# Arrow storage, missing values as NaN: pandas 3's "str" with pyarrow installed.
+_ARROW_STR = (pa is not None and isinstance(_STR_DTYPE, pd.StringDtype) and _STR_DTYPE.storage == "pyarrow"
+              and _STR_DTYPE.na_value is np.nan)
+
+
+def text_column(codes: np.ndarray, texts: np.ndarray) -> Any:
+    """``pd.array(texts[codes], dtype=str)`` for codes (all >= 0) into `texts` (an object array of str)."""
+    if not _ARROW_STR:
+        return pd.array(texts[codes], dtype=str)
+    encoded = [t.encode() for t in texts]
+    lengths = np.array([len(b) for b in encoded], dtype=np.int64)
+    offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+    np.cumsum(lengths[codes], out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for lo in range(0, len(codes), _TEXT_BATCH):
+        hi = min(lo + _TEXT_BATCH, len(codes))
+        joined = b"".join([encoded[c] for c in codes[lo:hi].tolist()])
+        data[offsets[lo]:offsets[hi]] = np.frombuffer(joined, dtype=np.uint8)
+    arr = pa.LargeStringArray.from_buffers(len(codes), pa.py_buffer(offsets), pa.py_buffer(data))
+    return pd.arrays.ArrowStringArray(pa.chunked_array([arr]), dtype=_STR_DTYPE)
+
+
+def str_column(values: np.ndarray) -> Any:
+    """What pandas makes a column of `values` (an object array) when assigned: here built from
+    codes when every value is a string (else `values` itself, for pandas to infer as before)."""
+    if not _ARROW_STR or not len(values):
+        return values
+    codes, uniq = pd.factorize(values)
+    if (codes < 0).any() or not all(isinstance(u, str) for u in uniq):
+        return values
+    texts = np.empty(len(uniq), dtype=object)
+    texts[:] = list(uniq)
+    try:
+        return text_column(codes, texts)
+    except UnicodeEncodeError:  # a lone surrogate: pandas raises its own error
+        return values
