@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", gz: bool = False) -> I
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A fresh temp folder beside `target`, renamed over it (replacing an older one) only if the
+    block succeeds; removed in every case. OSError propagates: each caller words its own line."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if target.exists():  # stale (older fingerprint) or half-written by an old qtrace
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:

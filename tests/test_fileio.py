@@ -40,3 +40,20 @@ def test_prepare_out_dir_refuses_existing_results_unless_forced(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="not a folder"):
         prepare_out_dir(tmp_path / "file", force=True)
+
+
+def test_atomic_folder_replaces_only_on_success(tmp_path):
+    from qtrace.fileio import atomic_folder
+
+    target = tmp_path / "cache" / "model"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("second")
+        raise RuntimeError("build failed")
+    assert (target / "a.txt").read_text() == "first"  # the earlier folder is kept
+    with atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # replaced whole, not merged
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # no temp folder left

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from qtrace.errors import QtraceError
+from qtrace.fileio import atomic_folder
 
 STAMP = "qtrace_device_built.json"
 FORMAT = 1  # bumped when the way the folder is written changes, so stale folders are rebuilt
@@ -68,20 +67,14 @@ def ensure_folder(name: str, seed: int, device: Any, cache: Path, progress: Any 
         progress(f"writing {name} (drawn on {device.type}, seed {seed}) as an fp16 folder for calibration: "
                  f"~{gb:.1f} GB into {target} ...")
     t0 = time.perf_counter()
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with quiet_libraries():
+        with atomic_folder(target) as tmp, quiet_libraries():
             model = build_on_device(preset.config(), auto_class("generate", preset.kind), torch.float16, device,
                                     None, seed=seed)
-            tmp.mkdir(parents=True)
             model.save_pretrained(tmp, safe_serialization=True)
-        del model
-        (tmp / STAMP).write_text(json.dumps({"preset": name, "seed": seed, "device": device.type,
-                                             "fingerprint": stamp}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            del model
+            (tmp / STAMP).write_text(json.dumps({"preset": name, "seed": seed, "device": device.type,
+                                                 "fingerprint": stamp}))
     except OSError as exc:
         raise QtraceError(f"cannot write {name}'s fp16 folder {target}: {exc} "
                           f"(set QTRACE_CACHE to a folder with room)") from None
@@ -89,7 +82,6 @@ def ensure_folder(name: str, seed: int, device: Any, cache: Path, progress: Any 
         raise QtraceError(f"cannot draw {name} on {device} to write its fp16 folder: "
                           f"{str(exc).splitlines()[0]}") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if progress:

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 from qtrace.backends import BACKENDS, backend_for, loader, quantized_precisions, unavailable
 from qtrace.errors import QtraceError
+from qtrace.fileio import atomic_folder
 
 PRECISIONS = ("fp32", "fp16", "bf16", *quantized_precisions())
 TASKS = ("forward", "classify", "generate")
@@ -251,19 +251,13 @@ def ensure_preset(name: str, progress: Any = None) -> Path:
     if progress:
         progress(f"building preset {name} (random weights, seed {PRESET_SEED}) into {target} ...")
     t0 = time.perf_counter()
-    tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_checkpoint(preset.config(), preset.kind, tmp)
-        (tmp / "qtrace_preset.json").write_text(json.dumps({"name": name, "fingerprint": _fingerprint(preset)}))
-        if target.exists():  # stale (older fingerprint) or half-written by an old qtrace
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with atomic_folder(target) as tmp:
+            save_checkpoint(preset.config(), preset.kind, tmp)
+            (tmp / "qtrace_preset.json").write_text(json.dumps({"name": name, "fingerprint": _fingerprint(preset)}))
     except OSError as exc:
         raise QtraceError(f"cannot write preset cache {target}: {exc} (set QTRACE_CACHE to a writable folder)") \
             from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         progress(f"built preset {name} in {time.perf_counter() - t0:.1f} s")
     return target
