@@ -39,6 +39,13 @@ def _ctx(**kw: str) -> pd.DataFrame:
     (dict(module="Linear", weight="Int8Tensor", ops="aten::mul"), "torchao.scale_apply"),
     (dict(module="Linear", weight="Int8Tensor+act", ops="aten::_int_mm"), "torchao.int8_gemm"),
     (dict(module="Linear", weight="Int8Tensor+act", ops="aten::mul"), "torchao.scale_apply"),
+    (dict(module="Linear", weight="Int8Tensor+act", ops="aten::_local_scalar_dense/aten::item"), "torchao.repr_probe"),
+    (dict(module="Linear", weight="Int8Tensor+act", ops="aten::as_strided/aten::select/aten::unbind"),
+     "torchao.repr_probe"),
+    (dict(kind="gpu_memcpy", module="Linear", weight="Int8Tensor+act", ops="aten::copy_/aten::_to_copy/aten::to"),
+     "torchao.repr_probe"),
+    (dict(module="Linear", weight="Int8Tensor+act", ops="aten::as_strided/aten::transpose/aten::t"), "torchao.glue"),
+    (dict(module="Linear", weight="Int8Tensor", ops="aten::select"), "torchao.glue"),  # weight-only: no probe
     (dict(module="Linear", weight="Int8Tensor+act", quant_op="torchao::quantize_affine", ops="aten::round"),
      "torchao.act_quant"),
     (dict(module="Linear", weight="IntxUnpackedToInt8Tensor", quant_op="torchao::dequantize_affine",

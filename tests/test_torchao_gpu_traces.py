@@ -85,3 +85,33 @@ def test_7b_int4_time_is_tinygemm_at_batch_32():
     phases = phase_table(load_trace(RUN_7B / "torchao-int4" / "trace.json.gz")).set_index("phase")
     assert phases.loc["torchao.int4_gemm", "gpu_time_us"] == pytest.approx(tiny, rel=1e-9)
     assert tiny > 0.9 * sum(e["dur"] for e in kernels)
+
+
+def test_7b_w8a8_repr_probe_is_what_runs_between_the_quantization_and_the_int8_gemm():
+    """safe_int_mm formats the activation (`"FakeTensor" in input.__repr__()`) before each `_int_mm`.
+
+    Independent count from the raw JSON: the launches and stream syncs issued between each W8A8
+    linear's `torchao::quantize_affine` and the `aten::contiguous` right before its `_int_mm`.
+    """
+    import bisect
+
+    with gzip.open(RUN_7B / "torchao-w8a8" / "trace.json.gz", "rt") as f:
+        events = json.load(f)["traceEvents"]
+    linears = [e for e in events if e.get("cat") == "user_annotation" and e["name"].endswith(":Int8Tensor+act")]
+    ops = sorted((e for e in events if e.get("cat") == "cpu_op"), key=lambda e: e["ts"])
+    runtime = sorted((e for e in events if e.get("cat") == "cuda_runtime"), key=lambda e: e["ts"])
+    op_ts, rt_ts = [e["ts"] for e in ops], [e["ts"] for e in runtime]
+    launches = syncs = 0
+    for lin in linears:
+        inside = ops[bisect.bisect_left(op_ts, lin["ts"]):bisect.bisect_right(op_ts, lin["ts"] + lin["dur"])]
+        lo = max(e["ts"] + e["dur"] for e in inside if e["name"] == "torchao::quantize_affine")
+        hi = min(e["ts"] for e in inside if e["name"] == "aten::contiguous" and e["ts"] > lo)
+        for r in runtime[bisect.bisect_left(rt_ts, lo):bisect.bisect_right(rt_ts, hi)]:
+            launches += r["name"] in ("cudaLaunchKernel", "cudaMemcpyAsync")
+            syncs += r["name"] == "cudaStreamSynchronize"
+    assert len(linears) == 28 * 7 and syncs >= 28 * 7 * 10  # many element reads per linear
+    phases = phase_table(load_trace(RUN_7B / "torchao-w8a8" / "trace.json.gz")).set_index("phase")
+    assert phases.loc["torchao.repr_probe", "launches"] == launches
+    # Every stream sync of the pass is the probe's; its pageable copies to the host block as well.
+    assert phases.loc["torchao.repr_probe", "host_syncs"] >= syncs
+    assert phases.loc["torchao.scale_apply", "host_syncs"] == 0

@@ -43,6 +43,7 @@ _PALETTE = {
     "torchao.scale_apply": "#de9ed6",
     "torchao.pack": "#5254a3",
     "torchao.glue": "#b5cf6b",
+    "torchao.repr_probe": "#e7969c",
     # GPTQModel (GPTQ / AWQ): teals and olives, apart from the others
     "gptqmodel.unpack": "#9edae5",
     "gptqmodel.dequant": "#8c564c",

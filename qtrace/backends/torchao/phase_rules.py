@@ -8,7 +8,13 @@ weight becomes a tensor subclass whose linear runs, with no op of its own around
   `mul` by the per-row scales, `add_` of the bias;
 - int8 dynamic W8A8 (`Int8Tensor` with activation quantization, tagged `Int8Tensor+act`): the
   custom ops `torchao::choose_qparams_affine` and `torchao::quantize_affine` on the activation,
-  `aten::_int_mm`, then casts and `mul`s of the int32 result by both scales;
+  `aten::_int_mm`, then casts and `mul`s of the int32 result by both scales. On CUDA, between the
+  quantization and `_int_mm`, `torchao.kernel.intmm.safe_int_mm` tests `"FakeTensor" in
+  input.__repr__()`, which formats the activation: `select`/`slice`/`cat`/`stack`/`unbind` of
+  its summarized corners, then an `item` or a `to` per printed element, each a device-to-host copy
+  and a sync (48 per linear on the H200 traces; pytorch/ao#4872). Those ops and copies are
+  `torchao.repr_probe`; only the few microseconds of its `to`/`_to_copy` wrappers' own host time
+  stay in `scale_apply`, since nothing in their context tells them from the result's cast;
 - int4 weight-only via IntxWeightOnlyConfig (`IntxUnpackedToInt8Tensor`): the custom op
   `torchao::dequantize_affine` on the weight, then an ordinary `linear` / `addmm`;
 - fp8 weight-only (`Float8Tensor`): `_to_copy` + `mul` (the dequant), `matmul` / `mm`;
@@ -35,6 +41,8 @@ PHASES: dict[str, tuple[str, str]] = {
     "torchao.fp8_gemm": ("fp8 GEMM", "fp8 x fp8 matmul with scales and bias fused (aten::_scaled_mm)"),
     "torchao.wo_gemm": ("dequant GEMM", "float GEMM on the weight a weight-only mode just dequantized"),
     "torchao.scale_apply": ("dequant-sum", "int32 or float GEMM output times the scales, bias add, casts"),
+    "torchao.repr_probe": ("repr probe", "safe_int_mm's FakeTensor test formats the int8 activation on the host "
+                           "before every eager int8 GEMM: element copies to the host, a sync each"),
     "torchao.pack": ("pack", "weight repacking into a kernel's layout (int4 tinygemm)"),
     "torchao.glue": ("torchao dispatch", "views, transposes and reshapes of the tensor subclass's linear"),
 }
@@ -48,6 +56,8 @@ _WEIGHT_ONLY = r"Tensor$"  # no "+act": the activation stays float
 _CASTS = r"^aten::(_to_copy|to|copy_|clone|contiguous)\b"
 _VIEWS = (r"^aten::(t|transpose|view|reshape|_reshape_alias|flatten|unflatten|as_strided|expand|slice|select"
           r"|resolve_conj|resolve_neg|alias|detach|squeeze|unsqueeze|permute|empty|empty_strided|narrow)\b")
+# What Tensor.__repr__ runs on an int8 tensor (anywhere in the op chain): no W8A8 linear op uses them.
+_REPR_OPS = r"(^|/)aten::(item|_local_scalar_dense|select|slice|cat|stack|unbind|resolve_conj|resolve_neg|detach)\b"
 _POINTWISE = r"^aten::(mul|mul_|add|add_|sub|sub_|div|div_)\b"
 
 OP_RULES: list[Rule] = [
@@ -63,6 +73,10 @@ OP_RULES: list[Rule] = [
     Rule("torchao.fp8_gemm", "fp8 scaled matmul", ops=r"aten::_scaled_mm\b", weight=_ANY_WEIGHT),
     Rule("torchao.pack", "int4 weight packing for tinygemm", ops=r"aten::_convert_weight_to_int4pack\w*"),
     # --- the rest of a tensor subclass's linear, by its weight class --------------------------
+    Rule("torchao.repr_probe", "int8 W8A8: the activation's repr copies elements to the host (scale apply never does)",
+         weight=_DYN_INT8, kind=r"^gpu_memcpy$"),
+    Rule("torchao.repr_probe", "int8 W8A8: the repr's element reads and the views of its summarized corners",
+         weight=_DYN_INT8, ops=_REPR_OPS),
     Rule("torchao.wo_gemm", "weight-only: the float GEMM on the just-dequantized weight",
          weight=_WEIGHT_ONLY, ops=GEMM_OPS),
     Rule("torchao.glue", "views around the subclass's GEMM", weight=_ANY_WEIGHT, ops=_VIEWS),
@@ -95,6 +109,7 @@ MEMORY_KINDS: list[KindRule] = [
     KindRule("scaled output", r"^torchao\.scale_apply$"),
     KindRule("packed weight", r"^torchao\.pack$"),
     KindRule("views", r"^torchao\.glue$"),
+    KindRule("repr copies", r"^torchao\.repr_probe$"),
 ]
 
 
