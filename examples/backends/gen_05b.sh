@@ -4,7 +4,7 @@
 # Marlin compiles, then a profiled generation (lean traces: measured and explained), then the same
 # precisions timed interleaved with an fp16 A/A arm if time is left.
 # Visit 8 ran it once with w8a8 among them: one w8a8 generation took 50.2 s and cut everything
-# after it, so w8a8 now comes last, in its own run folder, with 8 new tokens and two iterations.
+# after it, so w8a8 now comes last, in its own run folder: prefill and one decode step.
 #   OUT=$OUT bash examples/backends/gen_05b.sh      # carry [".whl", ".whl-gptq"]
 set -u
 OUT=${OUT:-/tmp/qtrace-gen05}
@@ -42,15 +42,18 @@ timeout "$L" "$PY" -m qtrace profile $MODEL --task generate --batch-size 1 --seq
 timeout 60 "$PY" -m qtrace compare "$RUNS/gen" --format json > "$RUNS/gen/compare.json" 2>>"$LOG"
 timeout 20 "$PY" -m qtrace compare "$RUNS/gen" 2>&1 | sed -n '/== Ranking/,/^Ranked/p' | tee -a "$LOG"
 mkdir -p "$OUT/gen05_gen32" && cp "$RUNS/gen/run.json" "$RUNS/gen/compare.json" "$OUT/gen05_gen32/" 2>/dev/null
-L=$(( $(left) - 100 ))
+L=$(( $(left) - 130 ))
 say "interleaved, limit $L s"
 [ "$L" -gt 40 ] && timeout "$L" "$PY" benchmarks/interleaved_generate.py $MODEL \
   --precision fp16,int8,nf4,torchao-int8wo,torchao-int4,torchao-fp8$MARLIN --rounds 6 \
   --new-tokens 32 --warmup 1 2>>"$LOG" | tee "$OUT/interleaved_05b.jsonl"
-L=$(( $(left) - 5 ))
-say "torchao-w8a8 alone, 8 new tokens, limit $L s"
+L=$(( $(left) - 25 ))
+say "torchao-w8a8 alone, 2 new tokens (prefill + one decode step), limit $L s"
 [ "$L" -gt 40 ] && timeout "$L" "$PY" -m qtrace profile $MODEL --task generate --batch-size 1 --seq-len 128 \
-  --new-tokens 8 --iters 2 --warmup 1 --profile-steps 1 --precision fp16,torchao-w8a8 --out "$RUNS/w8a8" --force \
-  2>&1 | grep -v "INFO\|warn" | tee -a "$LOG"
+  --new-tokens 2 --iters 3 --warmup 1 --profile-steps 1 --precision fp16,torchao-w8a8 --out "$RUNS/w8a8" --force \
+  --no-lean 2>&1 | grep -v "INFO\|warn" | tee -a "$LOG"
 mkdir -p "$OUT/gen05_w8a8" && cp "$RUNS/w8a8/run.json" "$OUT/gen05_w8a8/" 2>/dev/null
+# Its trace is too big to bring back (a sync per printed element): its report comes back instead.
+T=$(ls "$RUNS"/w8a8/torchao-w8a8/trace.json* 2>/dev/null | head -1)
+[ -n "$T" ] && ls -la "$T" | tee -a "$LOG" && timeout 20 "$PY" -m qtrace report "$T" > "$OUT/gen05_w8a8/report.txt" 2>&1
 say done
