@@ -16,10 +16,10 @@ import pandas as pd
 
 try:  # pandas holds str columns in Arrow when pyarrow is installed: then they are built directly
     import pyarrow as pa
-    import pyarrow.compute as pc
 except ImportError:  # pragma: no cover (pyarrow comes with pandas 3's usual installs)
     pa = None
 
+_TEXT_BATCH = 1 << 16  # rows whose text is joined at a time
 _STR_DTYPE = pd.array(np.array(["a"], dtype=object), dtype=str).dtype
 # Arrow storage, missing values as NaN: pandas 3's "str" with pyarrow installed.
 _ARROW_STR = (pa is not None and isinstance(_STR_DTYPE, pd.StringDtype) and _STR_DTYPE.storage == "pyarrow"
@@ -30,12 +30,16 @@ def text_column(codes: np.ndarray, texts: np.ndarray) -> Any:
     """``pd.array(texts[codes], dtype=str)`` for codes (all >= 0) into `texts` (an object array of str)."""
     if not _ARROW_STR:
         return pd.array(texts[codes], dtype=str)
-    # Arrow's take writes the rows' text in C, into buffers of their exact size; the system pool
-    # (malloc) hands them back as numpy's do, where Arrow's own pool kept huge pages resident.
-    table = pa.array([t.encode() for t in texts], type=pa.large_binary())  # a lone surrogate raises here, as before
-    taken = pc.take(table, pa.array(codes), memory_pool=pa.system_memory_pool())
-    _, offsets, data = taken.buffers()  # no validity bitmap: there is no missing row
-    arr = pa.LargeStringArray.from_buffers(len(codes), offsets, data)
+    encoded = [t.encode() for t in texts]
+    lengths = np.array([len(b) for b in encoded], dtype=np.int64)
+    offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+    np.cumsum(lengths[codes], out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for lo in range(0, len(codes), _TEXT_BATCH):
+        hi = min(lo + _TEXT_BATCH, len(codes))
+        joined = b"".join([encoded[c] for c in codes[lo:hi].tolist()])
+        data[offsets[lo]:offsets[hi]] = np.frombuffer(joined, dtype=np.uint8)
+    arr = pa.LargeStringArray.from_buffers(len(codes), pa.py_buffer(offsets), pa.py_buffer(data))
     return pd.arrays.ArrowStringArray(pa.chunked_array([arr]), dtype=_STR_DTYPE)
 
 
