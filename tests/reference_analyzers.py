@@ -255,3 +255,29 @@ def step_table(trace: Trace) -> pd.DataFrame:
                      "gpu_idle_us": max(span_g - busy, 0.0), "launches": int(r["is_launch"].sum()),
                      "syncs": int(len(sync)), "sync_us": float(sync["dur"].sum())})
     return pd.DataFrame(rows, columns=cols)
+
+
+def classify_rules(contexts: pd.DataFrame) -> pd.Series:
+    """phase_rules.classify as first written: each rule as pandas masks over the unique contexts."""
+    import re
+
+    from qtrace.analyzers.phase_rules import _CONTEXT_FIELDS, RULES
+
+    if contexts.empty:
+        return pd.Series([], dtype=object, index=contexts.index)
+    ctx = contexts.reindex(columns=list(_CONTEXT_FIELDS), fill_value="").fillna("").astype(str)
+    unique = ctx.drop_duplicates().reset_index(drop=True)
+    phase = pd.Series("other", index=unique.index, dtype=object)
+    open_rows = pd.Series(True, index=unique.index)
+    for rule in RULES:
+        if not open_rows.any():
+            break
+        hit = open_rows.copy()
+        for field_name, pattern in rule.fields().items():
+            rx = re.compile(pattern)
+            hit &= unique[field_name].map(lambda text, rx=rx: rx.search(text) is not None).astype(bool)
+        phase[hit] = rule.phase
+        open_rows &= ~hit
+    unique["phase"] = phase
+    merged = ctx.merge(unique, on=list(_CONTEXT_FIELDS), how="left")
+    return pd.Series(merged["phase"].to_numpy(), index=contexts.index, dtype=object)

@@ -86,3 +86,32 @@ def test_distinct_helpers_match_plain_loops(values):
     arr = np.array(values, dtype=object)
     assert map_distinct(arr, fn).tolist() == [fn(v) for v in values]
     assert mask_distinct(pd.Series(arr, dtype=object), pred).tolist() == [pred(v) for v in values]
+
+
+_FIELD_TEXTS = {
+    "kind": ["cpu_op", "kernel", "gpu_memcpy", "gpu_memset", ""],
+    "quant_op": ["", "bitsandbytes::int8_linear_matmul", "bitsandbytes::gemm_4bit", "aten::_weight_int8pack_mm"],
+    "below_quant_op": ["", "aten::mm", "bitsandbytes::int8_vectorwise_quant", "aten::copy_"],
+    "module": ["", "Linear", "Linear8bitLt", "Linear4bit", "Embedding", "LayerNorm"],
+    "weight": ["", "Int8Tensor", "AffineQuantizedTensor"],
+    "ops": ["", "aten::linear/aten::mm", "aten::softmax", "aten::layer_norm", "aten::add", "aten::copy_"],
+    "kernel": ["", "sm90_xmma_gemm_f16", "triton_poi_fused", "flash_fwd_kernel", "elementwise_kernel",
+               "kInt8VectorQuant", "Memcpy DtoH (Device -> Pageable)"],
+    "quant_backend": ["", "bitsandbytes", "torchao", "gptqmodel"],
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({f: st.sampled_from(v) for f, v in _FIELD_TEXTS.items()}), max_size=40),
+       drop=st.sampled_from([None, "weight", "quant_backend"]))
+def test_classify_matches_the_pandas_rules(rows, drop):
+    """classify (rules tried on the open rows, as lists) gives what the per-rule pandas masks gave."""
+    from qtrace.analyzers.phase_rules import classify
+
+    ctx = pd.DataFrame(rows, columns=list(_FIELD_TEXTS), index=pd.RangeIndex(len(rows)) * 3)
+    if drop:  # a missing field reads as ""
+        ctx = ctx.drop(columns=[drop])
+    expected = ref.classify_rules(ctx)
+    got = classify(ctx)
+    assert got.index.equals(expected.index)
+    assert got.tolist() == expected.tolist()
