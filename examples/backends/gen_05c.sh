@@ -3,6 +3,7 @@
 # lost torchao-fp8's and awq-int4-marlin's to their deadlines), in two device calls on one warm H200:
 #   OUT=$OUT PART=a bash examples/backends/gen_05c.sh   # carry [".whl", ".whl-gptq"]
 #   OUT=$OUT PART=b bash examples/backends/gen_05c.sh   # the next call, at once (warm 30 s)
+#   OUT=$OUT PART=a MARLIN_AFTER=0 bash ...              # visit 10's third call: part a again, for its compare
 # a: fp16, int8, nf4 and the torchao precisions profiled with nothing else on the machine, then
 #    Marlin's compile and the GPTQ / AWQ calibrations started detached (they outlive the call).
 # b: waits for them, then fp16 and the Marlin precisions profiled in a second run folder (GPTQModel's
@@ -28,15 +29,18 @@ say() { echo "=== $* ($(( $(date +%s) - START )) s in)" | tee -a "$LOG"; }
 collect() {
   local run=$1 dest=$RUNS/back/$1
   mkdir -p "$dest"
-  timeout 90 "$PY" -m qtrace compare "$RUNS/$run" --format json > "$dest/compare.json" 2>>"$LOG"
-  timeout 30 "$PY" -m qtrace compare "$RUNS/$run" 2>&1 | sed -n '/== Ranking/,/^Ranked/p' | tee -a "$LOG"
+  # Visit 10's first call gave compare 90 s and lost gen_a's (six full + lean traces of a 32-token
+  # generation, ~93 MB gzipped): compare and the reports now run side by side with more time.
+  timeout "${COMPARE_S:-240}" "$PY" -m qtrace compare "$RUNS/$run" --format json > "$dest/compare.json" 2>>"$LOG" &
   cp "$RUNS/$run/run.json" "$dest/" 2>/dev/null
   for t in "$RUNS/$run"/*/trace.json.gz; do
     [ -f "$t" ] || continue
     p=$(basename "$(dirname "$t")")
-    timeout 40 "$PY" -m qtrace report "$t" > "$dest/$p.report.txt" 2>&1
+    timeout 120 "$PY" -m qtrace report "$t" > "$dest/$p.report.txt" 2>&1 &
     ls -la "$t" "$(dirname "$t")"/lean_trace.json.gz 2>/dev/null >> "$dest/sizes.txt"
   done
+  wait
+  ls -la "$dest" | tee -a "$LOG"
 }
 pack() { tar -C "$RUNS/back" -czf "$OUT/results-$PART.tar.gz" . && ls -la "$OUT" | tee -a "$LOG"; }
 
@@ -52,6 +56,7 @@ if [ "$PART" = a ]; then
     --out "$RUNS/gen_a" --force 2>&1 | grep -v "INFO\|warn" | tee -a "$LOG"
   collect gen_a
   pack
+  [ "${MARLIN_AFTER:-1}" = 1 ] || { say "part a done, no Marlin stage"; exit 0; }
   say "Marlin compile and both calibrations, detached"
   MAX_JOBS=12 setsid nohup "$PY" examples/backends/gptq_prepare.py marlin > "$RUNS/marlin.txt" 2>&1 < /dev/null &
   for P in gptq-int4 awq-int4; do
