@@ -153,3 +153,34 @@ def test_backends_readme_visit8_table_is_the_committed_round() -> None:
         name = "fp16~ (A/A)" if arm == "fp16~" else arm
         ratio = f"{value / ms['fp16']:.3f}".rstrip("0").rstrip(".") if arm != "fp16" else "1.00"
         assert f"| {name} | {value:.2f} | {ratio}" in visit, arm
+
+
+def test_backends_readme_visit10_table_is_the_committed_runs() -> None:
+    """Each row of the 0.5B generation table quotes the interleaved summary, the run folder's
+    compare.json and its trace report as committed; every precision of both folders has a row."""
+    import re
+
+    readme = (REPO / "examples/backends/README.md").read_text()
+    visit = readme[readme.index("## Visits 9 and 10"):]
+    base = REPO / "examples/backends/h200_visit10"
+    summary = json.loads((base / "interleaved_05b.jsonl").read_text().splitlines()[-1])["summary"]
+    assert summary["rounds"] == 6
+    rows = {line.split("|")[1].strip(): line for line in visit.splitlines() if line.startswith("| ")}
+    for arm, ratio in summary["ratio_to_fp16_median"].items():
+        row = rows["fp16~ (A/A)" if arm == "fp16~" else arm]
+        per_round = summary["ratio_to_fp16_per_round"][arm]
+        assert f"| {summary['median_ms'][arm]:.2f} | {ratio:g} | {min(per_round):g}-{max(per_round):g} |" in row
+    for folder in ("gen_a", "gen_b"):
+        ranking = json.loads((base / folder / "compare.json").read_text())["ranking"]
+        for r in ranking:
+            row = rows[f"fp16 ({folder})" if r["is_baseline"] else r["run"]]
+            report = (base / folder / f"{r['run']}.report.txt").read_text()
+            launches, syncs = re.search(r"(\d+) launches, (\d+) syncs", report).groups()
+            assert f"| {r['latency_ms']:.2f} | {r['latency_ratio']:.2f} | {r['peak_bytes'] / 2**20:.0f} |" in row
+            assert f"| {launches} | {syncs} |" in row
+            if r["is_baseline"]:
+                continue
+            host = re.search(r"Quantization phases: .*?, ([\d.]+) ms host CPU", report).group(1)
+            share = "delta within noise" if r["delta_within_noise"] else f"{round(100 * r['explained_share'])}%"
+            assert f"| {host} | {r['main_phase']} +{r['main_phase_ms']:.1f} ms | {share} |" in row
+            assert f"{r['kl_mean']:.1e}".replace("e-0", "e-") in row and f"| {r['top1_agreement']:.2f} |" in row
