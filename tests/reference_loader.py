@@ -59,6 +59,7 @@ class _Args(msgspec.Struct):
     # Shapes stay raw JSON text until an analyzer asks for them (roofline, outlier counts).
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_NO_RAW)
     input_type: msgspec.Raw = msgspec.field(name="Input type", default=_NO_RAW)
+    input_strides: msgspec.Raw = msgspec.field(name="Input Strides", default=_NO_RAW)
 
 
 class _Event(msgspec.Struct):
@@ -194,7 +195,7 @@ def build_trace(events: list[_Event], source: str, metadata: dict[str, Any]) -> 
 
 def _columns(events: list[_Event]) -> dict[str, dict[str, list]]:
     host: dict[str, list] = {k: [] for k in ("name", "cat", "pid", "tid", "ts", "dur", "ext_id",
-                                              "input_dims", "input_type")}
+                                              "input_dims", "input_type", "input_strides")}
     runtime: dict[str, list] = {k: [] for k in ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "correlation")}
     gpu: dict[str, list] = {k: [] for k in ("name", "cat", "device", "stream", "ts", "dur", "ext_id",
                                              "correlation", "bytes", "src_device", "dst_device")}
@@ -231,6 +232,7 @@ def _columns(events: list[_Event]) -> dict[str, dict[str, list]]:
                 host["ext_id"].append(a.external_id if a else None)
                 host["input_dims"].append(bytes(a.input_dims) or None if a else None)
                 host["input_type"].append(bytes(a.input_type) or None if a else None)
+                host["input_strides"].append(bytes(a.input_strides) or None if a else None)
             elif cat in RUNTIME_CATS:
                 runtime["name"].append(intern(ev.name, ev.name))
                 runtime["cat"].append(cat)

@@ -253,9 +253,11 @@ def _gather_work(op: str, args: list[Any]) -> Work | None:
         rows = idx.numel * (src.numel // max(src.shape[0], 1)) * src.size
         return Work("gather", float(idx.nbytes + 2 * rows))
     src, idx = arg_tensor(args, 0), arg_tensor(args, 2)  # aten::gather(self, dim, index, ...): output has index's shape
-    if src is None or idx is None or src.size is None or idx.nbytes is None:
+    if src is None or idx is None or src.size is None or idx.stored_nbytes is None:
         return None
-    return Work("gather", float(idx.nbytes + 2 * idx.numel * src.size))
+    # The index is read as stored: embedding -> index_select -> gather passes a [tokens, hidden]
+    # index expanded from one id per token (strides [1, 0]), 8 bytes per token, not per element.
+    return Work("gather", float(idx.stored_nbytes + 2 * idx.numel * src.size))
 
 
 def event_work(kind: str, name: str, nbytes: Any) -> Work | None:
@@ -301,6 +303,9 @@ def units(trace: Trace) -> pd.DataFrame:
     op_name = np.where(has_op, shared_objects(ops["name"])[safe] if len(ops) else "", "")
     dims = np.where(has_op, ops["input_dims"].to_numpy(dtype=object)[safe] if len(ops) else None, None)
     types = np.where(has_op, ops["input_type"].to_numpy(dtype=object)[safe] if len(ops) else None, None)
+    # Traces from loaders without the column (older qtrace frames) read as "no strides recorded".
+    stride_col = ops["input_strides"] if "input_strides" in ops else pd.Series(None, index=ops.index, dtype=object)
+    strides = np.where(has_op, stride_col.to_numpy(dtype=object)[safe] if len(ops) else None, None)
     # Names, kinds and phases as integer codes: a per-event frame of kernel names held ~30 MB per
     # 100k events (Arrow strings, copied again by each sort and group-by).
     kind_code, kinds = _codes(gpu["cat"])
@@ -317,6 +322,7 @@ def units(trace: Trace) -> pd.DataFrame:
         "kernel": np.where(is_quant_op | is_copy | (op_name == "aten::cat"), kname, ""),
         "dims": dims,
         "types": types,
+        "strides": strides,
         "bytes": np.where(is_copy, raw_bytes, None),
         "context": context_col,
     }
@@ -419,7 +425,7 @@ def _estimate(key: pd.Series) -> Work | None:
     op = key["op_name"]
     if not op:
         return None
-    args = parse_args(key["dims"], key["types"])
+    args = parse_args(key["dims"], key["types"], key.get("strides"))
     if args is None:
         return None
     try:

@@ -37,15 +37,30 @@ class Work:
 
 
 class Tensor:
-    __slots__ = ("shape", "dtype")
+    __slots__ = ("shape", "dtype", "strides")
 
-    def __init__(self, shape: list[int], dtype: str) -> None:
+    def __init__(self, shape: list[int], dtype: str, strides: list[int] | None = None) -> None:
         self.shape = shape
         self.dtype = dtype
+        self.strides = strides  # None: not recorded
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def stored_numel(self) -> int:
+        """Elements in memory: an expanded view (stride 0 along a dim) reads one value along it.
+        Without recorded strides, every element."""
+        st = self.strides
+        if st is None or len(st) != len(self.shape):
+            return self.numel
+        return math.prod(n for n, s in zip(self.shape, st, strict=True) if s != 0)
+
+    @property
+    def stored_nbytes(self) -> int | None:
+        s = self.size
+        return None if s is None else self.stored_numel * s
 
     @property
     def size(self) -> int | None:
@@ -57,10 +72,12 @@ class Tensor:
         return None if s is None else self.numel * s
 
 
-def parse_args(dims_raw: bytes | None, types_raw: bytes | None) -> list[Tensor | list[Tensor] | None] | None:
+def parse_args(dims_raw: bytes | None, types_raw: bytes | None,
+               strides_raw: bytes | None = None) -> list[Tensor | list[Tensor] | None] | None:
     """The op's inputs: a Tensor per tensor argument, a list for TensorList, None for the rest.
 
     None when the trace has no shapes for this op (record_shapes off) or they do not decode.
+    Strides (``Input Strides``, recorded by newer torch) are attached where they decode.
     """
     if not dims_raw or not types_raw:
         return None
@@ -71,8 +88,9 @@ def parse_args(dims_raw: bytes | None, types_raw: bytes | None) -> list[Tensor |
         return None
     if not isinstance(dims, list) or not isinstance(types, list) or len(dims) != len(types):
         return None
+    strides = _strides(strides_raw, len(dims))
     out: list[Tensor | list[Tensor] | None] = []
-    for d, t in zip(dims, types, strict=True):
+    for i, (d, t) in enumerate(zip(dims, types, strict=True)):
         if t == "TensorList" and isinstance(d, list) and all(isinstance(x, list) for x in d):
             if all(all(isinstance(v, int) for v in x) for x in d):
                 out.append([Tensor(list(x), "") for x in d])  # element dtypes are not recorded
@@ -80,10 +98,23 @@ def parse_args(dims_raw: bytes | None, types_raw: bytes | None) -> list[Tensor |
                 out.append(None)
         elif (isinstance(t, str) and t not in NON_TENSOR and isinstance(d, list)
               and all(isinstance(v, int) for v in d)):
-            out.append(Tensor(list(d), t))
+            st = strides[i]
+            ok = isinstance(st, list) and len(st) == len(d) and all(isinstance(v, int) for v in st)
+            out.append(Tensor(list(d), t, list(st) if ok else None))
         else:
             out.append(None)
     return out
+
+
+def _strides(raw: bytes | None, n: int) -> list[Any]:
+    """One entry per argument: its recorded strides, or None."""
+    if not raw:
+        return [None] * n
+    try:
+        st = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return [None] * n
+    return st if isinstance(st, list) and len(st) == n else [None] * n
 
 
 def arg_tensor(args: list[Any], i: int) -> Tensor | None:

@@ -16,7 +16,7 @@ the whole file at once, which gives the same tables, or the same one-line error.
 Tables (timestamps in microseconds relative to the first event, as floats):
 - ``ops``: host ranges: ``cpu_op``, ``user_annotation`` (record_function, ProfilerStep#N,
   qtrace annotations) and ``python_function``; with ``parent`` (row of the enclosing range on the
-  same thread, -1 at the top) and ``depth``. ``input_dims`` / ``input_type`` hold the raw JSON
+  same thread, -1 at the top) and ``depth``. ``input_dims`` / ``input_type`` / ``input_strides`` hold the raw JSON
   bytes of the op's ``Input Dims`` / ``Input type`` (or None); equal values share one object.
 - ``runtime``: CUDA runtime/driver calls, with the ``op`` that issued them (innermost range).
 - ``gpu``: kernels, GPU memcpy and memset, joined to their launching ``runtime`` call by the
@@ -90,6 +90,9 @@ class _Args(msgspec.Struct, gc=False):
     # Shapes stay raw JSON text until an analyzer asks for them (roofline, outlier counts).
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_NO_RAW)
     input_type: msgspec.Raw = msgspec.field(name="Input type", default=_NO_RAW)
+    # Strides say which inputs are expanded views (a stride of 0): an embedding's gather index is
+    # [tokens, hidden] in "Input Dims" but holds one value per token.
+    input_strides: msgspec.Raw = msgspec.field(name="Input Strides", default=_NO_RAW)
 
 
 _EMPTY_ARGS = _Args()
@@ -473,7 +476,8 @@ _X_KIND = {**{c: _KIND_GPU for c in GPU_CATS}, **{c: _KIND_HOST for c in HOST_RA
            **{c: _KIND_RUNTIME for c in RUNTIME_CATS}}
 _X_KIND.update({old: _X_KIND[new] for old, new in LEGACY_CATS.items()})
 
-HOST_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "input_dims", "input_type")
+RAW_COLS = ("input_dims", "input_type", "input_strides")
+HOST_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", *RAW_COLS)
 RUNTIME_COLUMNS = ("name", "cat", "pid", "tid", "ts", "dur", "ext_id", "correlation")
 GPU_COLUMNS = ("name", "cat", "device", "stream", "ts", "dur", "ext_id", "correlation", "bytes", "src_device",
                "dst_device")
@@ -483,7 +487,8 @@ _STR_COLS = ("name", "cat", "pid", "tid")
 _ARG_FIELD = {"ext_id": "external_id", "correlation": "correlation", "device": "device", "stream": "stream",
               "bytes": "bytes", "device_type": "device_type", "device_id": "device_id", "addr": "addr",
               "total_allocated": "total_allocated", "total_reserved": "total_reserved",
-              "input_dims": "input_dims", "input_type": "input_type", "src_device": "from_device",
+              "input_dims": "input_dims", "input_type": "input_type", "input_strides": "input_strides",
+              "src_device": "from_device",
               "dst_device": "to_device"}
 _MEM_ARG_FIELD = {**_ARG_FIELD, "bytes": "mem_bytes"}
 
@@ -564,7 +569,7 @@ class _Columns:
         args = [_EMPTY_ARGS if e.args is None else e.args for e in sel]
         for c, get in _ARG_GETTERS[table]:
             vals = list(map(get, args))
-            if c in ("input_dims", "input_type"):
+            if c in RAW_COLS:
                 out[c].append(self._raw(vals))
             else:
                 if None in vals:  # an explicit null: absent too
@@ -591,7 +596,7 @@ class _Columns:
 
 def _piece_dtype(column: str) -> type:
     """What a column is appended as: codes for texts and shapes, floats for times, else int64."""
-    if column in _STR_COLS or column in ("input_dims", "input_type"):
+    if column in _STR_COLS or column in RAW_COLS:
         return np.int32
     return np.float64 if column in ("ts", "dur") else np.int64
 
@@ -634,7 +639,7 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: 
         # The dtypes a non-empty table has (pandas would make float64 columns of empty lists, and the
         # analyzers' string methods would fail on a trace with, say, kernels but no host ops).
         return pd.DataFrame({c: pd.array([], dtype=str) if c in _STR_COLS
-                             else np.zeros(0, dtype=object) if c in ("input_dims", "input_type")
+                             else np.zeros(0, dtype=object) if c in RAW_COLS
                              else np.zeros(0, dtype=np.float64) if c in ("ts", "dur")
                              else pd.array([], dtype="Int64") for c in columns})
     data: dict[str, Any] = {}
@@ -642,7 +647,7 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: 
         values = pieces.pop(c).build()
         if c in _STR_COLS:
             data[c] = text_column(values, texts)
-        elif c in ("input_dims", "input_type"):
+        elif c in RAW_COLS:
             data[c] = raws[values]  # the interned shapes themselves, equal values one object
         elif c in ("ts", "dur"):
             data[c] = values
