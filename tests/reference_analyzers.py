@@ -281,3 +281,54 @@ def classify_rules(contexts: pd.DataFrame) -> pd.Series:
     unique["phase"] = phase
     merged = ctx.merge(unique, on=list(_CONTEXT_FIELDS), how="left")
     return pd.Series(merged["phase"].to_numpy(), index=contexts.index, dtype=object)
+
+
+def memory_events(trace: Trace) -> pd.DataFrame:
+    """memory.memory_events as it was before its columns were taken in sort order one by one:
+    filter the whole table, label it, sort the whole frame."""
+    from qtrace.analyzers.distinct import python_strings
+    from qtrace.analyzers.memory import _op_labels, device_label
+
+    cache = _cache(trace)
+    if "memory_events" in cache:
+        return cache["memory_events"]
+    m = trace.memory
+    if len(m) == 0 or "bytes" not in m:
+        df = pd.DataFrame(columns=["event", "device", "device_type", "device_id", "ts", "addr", "bytes",
+                                   "total_allocated", "total_reserved", "op", "op_name", "phase", "kind"])
+        cache["memory_events"] = df
+        return df
+    df = m[m["bytes"].notna()]
+    df["event"] = df.index
+    df["device_type"] = df["device_type"].fillna(-1).astype("int64")
+    df["device_id"] = df["device_id"].fillna(-1).astype("int64")
+    df["bytes"] = df["bytes"].astype("int64")
+    labels = {k: device_label(*k) for k in df[["device_type", "device_id"]].drop_duplicates()
+              .itertuples(index=False, name=None)}
+    device = np.empty(len(df), dtype=object)
+    device[:] = [labels[k] for k in zip(df["device_type"].tolist(), df["device_id"].tolist(), strict=True)]
+    df["device"] = python_strings(device)
+    for c, values in _op_labels(trace, df["op"].to_numpy(dtype=np.int64)).items():
+        df[c] = python_strings(values)
+    df = df.sort_values(["device_type", "device_id", "ts"], kind="stable").reset_index(drop=True)
+    cache["memory_events"] = df
+    return df
+
+
+def device_events(trace: Trace) -> dict[tuple[int, int], pd.DataFrame]:
+    """Each device's rows of `memory_events`, by groupby as memory.device_memories took them."""
+    return {k: g.reset_index(drop=True)
+            for k, g in memory_events(trace).groupby(["device_type", "device_id"], sort=True)}
+
+
+def occurrence_increments(events: pd.DataFrame, level: np.ndarray) -> pd.Series:
+    """memory._occurrence_increments as first written: a per-event frame grouped by run."""
+    if len(events) == 0:
+        return pd.Series(dtype="int64")
+    phase = events["phase"].to_numpy(dtype=object)
+    run = np.cumsum(np.r_[True, phase[1:] != phase[:-1]])
+    entry = level - events["bytes"].to_numpy(dtype=np.int64)
+    runs = pd.DataFrame({"run": run, "phase": phase, "level": level, "entry": entry}).groupby("run").agg(
+        phase=("phase", "first"), top=("level", "max"), entry=("entry", "first"))
+    runs["inc"] = (runs["top"] - runs["entry"]).clip(lower=0)
+    return runs.groupby("phase")["inc"].max()

@@ -259,7 +259,8 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
         return cache["runtime_phases"]
     rt = trace.runtime.copy(deep=False)  # new columns only (copy-on-write)
     ops = op_phases(trace)
-    op_phase = ops["phase"].to_numpy()
+    # Shared strings: to_numpy of the Arrow column made one Python string per op (~150 MB at 2 GB).
+    op_phase = shared_objects(ops["phase"])
     rt_op = rt["op"].to_numpy()
     phase = np.where(rt_op >= 0, op_phase[np.clip(rt_op, 0, None)] if len(op_phase) else "other", "other")
     gpu = gpu_phases(trace)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
 from qtrace.analyzers.distinct import shared_objects
-from qtrace.analyzers.segments import sweep_segments
+from qtrace.analyzers.segments import sweep_labels
 from qtrace.tracefile.kineto import Trace
 from qtrace.tracefile.strings import str_column
 
@@ -170,14 +170,46 @@ def _segment_codes(trace: Trace, thread: tuple[str, str]) -> _Segments | None:
         return None
     ts = np.concatenate([ops["ts"].to_numpy()[o], rt["ts"].to_numpy()[r]])
     end = np.concatenate([ops["end"].to_numpy()[o], rt["end"].to_numpy()[r]])
-    phase = np.concatenate([shared_objects(ops["phase"])[o], shared_objects(rt["phase"])[r]])
+    # Phases as codes into the names of both tables (and OUTSIDE_OPS): equal names, one code.
+    (op_code, rt_code), names = _joint_codes([ops["phase"], rt["phase"]], OUTSIDE_OPS)
+    phase = np.concatenate([op_code[o], rt_code[r]])
+    del op_code, rt_code
     # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
     order = np.lexsort((np.arange(len(ts)), -end, ts))
-    seg_s, seg_e, seg_p = sweep_segments(ts[order], end[order], phase[order], OUTSIDE_OPS)
-    codes, names = pd.factorize(seg_p, use_na_sentinel=False)
-    out = _Segments(seg_s, seg_e, codes.astype(np.int32), np.asarray(names, dtype=object))
+    ts, end, phase = ts[order], end[order], phase[order]
+    del order
+    seg_s, seg_e, labels = sweep_labels(ts, end)
+    del ts, end
+    seg_code = np.full(len(labels), names.index(OUTSIDE_OPS), dtype=np.int64)
+    has = labels >= 0
+    seg_code[has] = phase[labels[has]]
+    del labels, has, phase
+    # Codes in order of first appearance, as pd.factorize of the segments' phase names gives them.
+    codes, uniq = pd.factorize(seg_code, use_na_sentinel=False)
+    out = _Segments(seg_s, seg_e, codes.astype(np.int32), np.asarray([names[c] for c in uniq.tolist()], dtype=object))
     cache[key] = out
     return out
+
+
+def _joint_codes(columns: list[pd.Series], extra: str) -> tuple[list[np.ndarray], list]:
+    """Per column, the code of each row into one list of the distinct values of all of them, with
+    `extra` last unless some column holds it (each column factorized on its own: no Python
+    string per row of an Arrow column)."""
+    names: list = []
+    index: dict = {}
+    out = []
+    for col in columns:
+        codes, uniq = pd.factorize(col, use_na_sentinel=False)
+        remap = np.empty(len(uniq), dtype=np.int64)
+        for j, v in enumerate(np.asarray(uniq, dtype=object).tolist()):
+            if v not in index:
+                index[v] = len(names)
+                names.append(v)
+            remap[j] = index[v]
+        out.append(remap[codes] if len(codes) else np.zeros(0, dtype=np.int64))
+    if extra not in index:
+        names.append(extra)
+    return out, names
 
 
 def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:

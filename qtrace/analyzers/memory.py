@@ -41,6 +41,7 @@ from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
 from qtrace.markup import md_escape, md_table
 from qtrace.tracefile.kineto import Trace
+from qtrace.tracefile.strings import text_column
 
 RESIDENT = "resident"  # bytes allocated before the profiled window and still live
 OUTSIDE_OPS = "other"  # allocations made while no host op ran: same label as host.py uses
@@ -100,7 +101,7 @@ def _quant_op_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     if not n or not len(rows):
         return np.full(len(rows), -1, dtype=np.int64)
-    codes, names = pd.factorize(shared_objects(ops["name"]), use_na_sentinel=False)
+    codes, names = pd.factorize(ops["name"], use_na_sentinel=False)  # an Arrow column's own codes
     is_quant_op = np.array([str(x).startswith(OP_PREFIXES) for x in names], dtype=bool)[codes]
     parent = ops["parent"].to_numpy()
     # For every op at once, level by level up the tree: a backend op is its own answer, a root that is
@@ -123,8 +124,12 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> dict[str, np.ndarray]:
     """Per event: op_name, phase and kind of its op (-1: no op -> `other`, kind "outside any op"), as
     object arrays whose equal values share one string."""
     n = len(op_rows)
-    out = {"op_name": np.full(n, "", dtype=object), "phase": np.full(n, OUTSIDE_OPS, dtype=object),
-           "kind": np.full(n, NO_OP_KIND, dtype=object)}
+    out = {}
+    for key, fill in (("op_name", ""), ("phase", OUTSIDE_OPS), ("kind", NO_OP_KIND)):
+        # Assigned, not np.full: np.full casts the text through a numpy str array, which makes a
+        # new Python string per row (~87 MB for 1.27M events at 2 GB).
+        out[key] = np.empty(n, dtype=object)
+        out[key][:] = fill
     has = op_rows >= 0
     if not has.any():
         return out
@@ -162,23 +167,55 @@ def memory_events(trace: Trace) -> pd.DataFrame:
                                    "total_allocated", "total_reserved", "op", "op_name", "phase", "kind"])
         cache["memory_events"] = df
         return df
-    df = m[m["bytes"].notna()]  # a new frame already (boolean selection; copy-on-write)
-    df["event"] = df.index
-    df["device_type"] = df["device_type"].fillna(-1).astype("int64")
-    df["device_id"] = df["device_id"].fillna(-1).astype("int64")
-    df["bytes"] = df["bytes"].astype("int64")
-    labels = {k: device_label(*k) for k in df[["device_type", "device_id"]].drop_duplicates()
-              .itertuples(index=False, name=None)}
+    rows = np.flatnonzero(m["bytes"].notna().to_numpy())
+    device_type = m["device_type"].iloc[rows].fillna(-1).astype("int64").to_numpy()
+    device_id = m["device_id"].iloc[rows].fillna(-1).astype("int64").to_numpy()
+    # Stable sort keeps file order for equal timestamps: that is the allocator's order. Only the
+    # keys are sorted; each column is then taken once in that order (no copy of the whole table).
+    order = pd.DataFrame({"device_type": device_type, "device_id": device_id, "ts": m["ts"].to_numpy()[rows]}) \
+        .sort_values(["device_type", "device_id", "ts"], kind="stable").index.to_numpy()
+    take = rows[order]
+    device_type, device_id = device_type[order], device_id[order]
+    del rows, order
+    cols: dict[str, Any] = {}
+    for c in m.columns:
+        if c == "device_type":
+            cols[c] = device_type
+        elif c == "device_id":
+            cols[c] = device_id
+        elif c == "bytes":
+            cols[c] = m[c].array.take(take).astype("int64")
+        else:
+            cols[c] = _take_column(m[c], take)
+    cols["event"] = m.index.to_numpy()[take]
     # Labels point at one string per distinct value (python_strings): cached for the report's life.
-    device = np.empty(len(df), dtype=object)
-    device[:] = [labels[k] for k in zip(df["device_type"].tolist(), df["device_id"].tolist(), strict=True)]
-    df["device"] = python_strings(device)
-    for c, values in _op_labels(trace, df["op"].to_numpy(dtype=np.int64)).items():
-        df[c] = python_strings(values)
-    # Stable sort keeps file order for equal timestamps: that is the allocator's order.
-    df = df.sort_values(["device_type", "device_id", "ts"], kind="stable").reset_index(drop=True)
+    # One label per run of equal (device_type, device_id): the rows are sorted by them.
+    new_pair = np.r_[True, (device_type[1:] != device_type[:-1]) | (device_id[1:] != device_id[:-1])][:len(take)]
+    first = np.flatnonzero(new_pair)
+    device = np.empty(len(first), dtype=object)
+    device[:] = [device_label(t, i) for t, i in zip(device_type[first].tolist(), device_id[first].tolist(),
+                                                   strict=True)]
+    cols["device"] = python_strings(device[np.cumsum(new_pair) - 1])
+    del new_pair, first
+    for c, values in _op_labels(trace, m["op"].to_numpy(dtype=np.int64)[take]).items():
+        cols[c] = python_strings(values)
+    df = pd.DataFrame(cols)
     cache["memory_events"] = df
     return df
+
+
+def _take_column(col: pd.Series, rows: np.ndarray) -> Any:
+    """The values of `col` at `rows`, same dtype; a str column of strings is written from its codes
+    into exact Arrow buffers (Arrow's take would fill its pool with a copy of every row's text)."""
+    if isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow":
+        codes, uniq = pd.factorize(col, use_na_sentinel=False)
+        texts = np.asarray(uniq, dtype=object)
+        if all(isinstance(t, str) for t in texts.tolist()):
+            try:
+                return text_column(codes[rows], texts)
+            except UnicodeEncodeError:  # a lone surrogate: Arrow's own take below
+                pass
+    return col.array.take(rows)
 
 
 # --- per device reconstruction -----------------------------------------------------------------
@@ -352,8 +389,12 @@ def device_memories(trace: Trace) -> dict[str, DeviceMemory]:
         return cache["device_memories"]
     ev = memory_events(trace)
     out: dict[str, DeviceMemory] = {}
-    for _, grp in ev.groupby(["device_type", "device_id"], sort=True):
-        dm = _reconstruct(grp)
+    # memory_events is sorted by device: each device's rows are one slice of it (a view, not a copy
+    # as a groupby's groups are), in the order groupby(["device_type", "device_id"]) gives them.
+    dt, did = ev["device_type"].to_numpy(), ev["device_id"].to_numpy()
+    cuts = [0, *(np.flatnonzero((dt[1:] != dt[:-1]) | (did[1:] != did[:-1])) + 1).tolist(), len(ev)] if len(ev) else []
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        dm = _reconstruct(ev.iloc[lo:hi])
         out[dm.device] = dm
     cache["device_memories"] = out
     return out
@@ -449,12 +490,13 @@ def _occurrence_increments(dm: DeviceMemory) -> pd.Series:
     ev = dm.events
     if len(ev) == 0:
         return pd.Series(dtype="int64")
-    phase = shared_objects(ev["phase"])
-    run = np.cumsum(np.r_[True, phase[1:] != phase[:-1]])
-    entry = dm.level - ev["bytes"].to_numpy(dtype=np.int64)
-    runs = pd.DataFrame({"run": run, "phase": phase, "level": dm.level, "entry": entry}).groupby("run").agg(
-        phase=("phase", "first"), top=("level", "max"), entry=("entry", "first"))
-    runs["inc"] = (runs["top"] - runs["entry"]).clip(lower=0)
+    # Runs by integer codes, their tops by reduceat: no per-event frame to group.
+    codes, uniq = pd.factorize(ev["phase"], use_na_sentinel=False)
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # each run's first event
+    nbytes = ev["bytes"].to_numpy(dtype=np.int64)
+    top = np.maximum.reduceat(dm.level, first)
+    inc = np.clip(top - (dm.level[first] - nbytes[first]), 0, None)
+    runs = pd.DataFrame({"phase": np.asarray(uniq, dtype=object)[codes[first]], "inc": inc})
     return runs.groupby("phase")["inc"].max()
 
 

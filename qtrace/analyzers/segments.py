@@ -20,38 +20,75 @@ OUTSIDE = "other"
 def sweep_segments(starts: np.ndarray, ends: np.ndarray, phases: np.ndarray,
                    outside: str = OUTSIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(segment starts, ends, phases) of events already sorted by (start, longest first, table order)."""
-    n = len(starts)
-    if n == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=object)
-    starts = np.asarray(starts, dtype=np.float64)
-    ends = np.maximum(np.asarray(ends, dtype=np.float64), starts)  # a range ending before it starts: empty
-    bounds = np.unique(np.concatenate([starts, ends]))
-    m = len(bounds) - 1  # elementary intervals [bounds[j], bounds[j + 1])
-    if m <= 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=object)
-    lo = np.searchsorted(bounds, starts)
-    hi = np.searchsorted(bounds, ends)  # the range covers intervals lo .. hi-1
-    top = _last_covering(lo, hi, m)
-    is_start = np.zeros(len(bounds), dtype=bool)
-    is_start[lo] = True
-    keep = np.ones(m, dtype=bool)  # interval j opens a new segment
-    keep[1:] = is_start[1:m] | (top[1:] != top[:-1])
-    first = np.flatnonzero(keep)
-    seg_s = bounds[first]
-    seg_e = bounds[np.append(first[1:], m)]
-    labels = top[first]
-    phase = np.empty(len(first), dtype=object)
+    seg_s, seg_e, labels = sweep_labels(starts, ends)
+    phase = np.empty(len(labels), dtype=object)
     has = labels >= 0
     phase[has] = np.asarray(phases, dtype=object)[labels[has]]
     phase[~has] = outside
     return seg_s, seg_e, phase
 
 
+def sweep_labels(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(segment starts, ends, event index of each segment, -1 outside every event): `sweep_segments`
+    with each segment's event instead of its phase, so a caller can label it by codes.
+
+    Temporaries are freed as soon as they are read (a few million events at 2 GB of trace: each
+    array of the intervals is ~45 MB).
+    """
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    starts = np.asarray(starts, dtype=np.float64)
+    ends = np.maximum(np.asarray(ends, dtype=np.float64), starts)  # a range ending before it starts: empty
+    bounds = _unique_sorted(np.concatenate([starts, ends]))
+    m = len(bounds) - 1  # elementary intervals [bounds[j], bounds[j + 1])
+    if m <= 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    lo = np.searchsorted(bounds, starts)
+    hi = np.searchsorted(bounds, ends)  # the range covers intervals lo .. hi-1
+    del ends
+    is_start = np.zeros(len(bounds), dtype=bool)
+    is_start[lo] = True
+    top = _last_covering(lo, hi, m)
+    del lo, hi
+    keep = is_start[:m]  # interval j opens a new segment: a range starts there or the label changes
+    keep[1:] |= top[1:] != top[:-1]
+    keep[0] = True
+    first = np.flatnonzero(keep)
+    del is_start, keep
+    labels = top[first].astype(np.int64)
+    del top
+    seg_s = bounds[first]
+    del first
+    seg_e = np.empty_like(seg_s)  # each segment ends where the next one starts; the last at the end
+    seg_e[:-1] = seg_s[1:]
+    seg_e[-1] = bounds[m]
+    return seg_s, seg_e, labels
+
+
+def _unique_sorted(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` of a float array, sorted in place (no second copy of `values`)."""
+    values.sort()
+    mask = np.empty(len(values), dtype=bool)
+    mask[:1] = True
+    if len(values) and np.isnan(values[-1]):  # NaNs are one value, as np.unique's equal_nan
+        first_nan = int(np.searchsorted(values, values[-1], side="left"))
+        mask[1:first_nan] = values[1:first_nan] != values[:first_nan - 1]
+        mask[first_nan] = True
+        mask[first_nan + 1:] = False
+    else:
+        mask[1:] = values[1:] != values[:-1]
+    return values[mask]
+
+
 def _last_covering(lo: np.ndarray, hi: np.ndarray, m: int) -> np.ndarray:
     """For each of `m` intervals, the largest event index i with lo[i] <= j < hi[i] (-1 if none).
 
     An iterative segment tree of 2m nodes (any m: max is commutative): each [lo, hi) tags the
-    O(log m) nodes that cover it, bottom-up; a leaf's answer is the max tag on its path to the root.
+    O(log m) nodes that cover it, bottom-up; a leaf's answer is the max tag on its path to the
+    root, pushed down from the root: node j's parent is j >> 1, so all nodes in [2^k, 2^(k+1))
+    take their parents' answers at once, level after level, in place. Returned as int32 when
+    the event indices fit (int64 otherwise).
     """
     tag = np.full(2 * m, -1, dtype=np.int32 if len(lo) < 2**31 else np.int64)
     live = np.flatnonzero(lo < hi)
@@ -68,12 +105,15 @@ def _last_covering(lo: np.ndarray, hi: np.ndarray, m: int) -> np.ndarray:
         right >>= 1
         go = left < right
         left, right, who = left[go], right[go], who[go]
-    out = tag[m:].astype(np.int64)
-    node = np.arange(m, 2 * m, dtype=np.int64) >> 1
-    while node[0] >= 1 or node[-1] >= 1:
-        np.maximum(out, tag[node], out=out)
-        node >>= 1
-    return out
+    del left, right, who
+    k = 2
+    while k < 2 * m:
+        hi_node = min(2 * k, 2 * m)  # nodes k .. hi_node-1, their parents k/2 .. (hi_node-1)/2
+        parents = np.repeat(tag[k >> 1:((hi_node - 1) >> 1) + 1], 2)[:hi_node - k]
+        np.maximum(tag[k:hi_node], parents, out=tag[k:hi_node])
+        del parents
+        k = hi_node
+    return tag[m:].copy()
 
 
 def sweep_segments_loop(starts: list[float], ends: list[float], phases: list[str],
