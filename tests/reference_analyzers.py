@@ -281,3 +281,11 @@ def classify_rules(contexts: pd.DataFrame) -> pd.Series:
     unique["phase"] = phase
     merged = ctx.merge(unique, on=list(_CONTEXT_FIELDS), how="left")
     return pd.Series(merged["phase"].to_numpy(), index=contexts.index, dtype=object)
+
+
+def name_blocks(f_names: list[str], g_names: list[str]) -> list[tuple[int, int, int]]:
+    """lean_alignment.name_blocks as first written: difflib's own matcher (quadratic on repeated kernels)."""
+    import difflib
+
+    sm = difflib.SequenceMatcher(None, f_names, g_names, autojunk=False)
+    return [tuple(m) for m in sm.get_matching_blocks() if m.size]
