@@ -332,3 +332,11 @@ def occurrence_increments(events: pd.DataFrame, level: np.ndarray) -> pd.Series:
         phase=("phase", "first"), top=("level", "max"), entry=("entry", "first"))
     runs["inc"] = (runs["top"] - runs["entry"]).clip(lower=0)
     return runs.groupby("phase")["inc"].max()
+
+
+def name_blocks(f_names: list[str], g_names: list[str]) -> list[tuple[int, int, int]]:
+    """lean_alignment.name_blocks as first written: difflib's own matcher (quadratic on repeated kernels)."""
+    import difflib
+
+    sm = difflib.SequenceMatcher(None, f_names, g_names, autojunk=False)
+    return [tuple(m) for m in sm.get_matching_blocks() if m.size]

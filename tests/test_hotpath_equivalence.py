@@ -115,3 +115,55 @@ def test_classify_matches_the_pandas_rules(rows, drop):
     got = classify(ctx)
     assert got.index.equals(expected.index)
     assert got.tolist() == expected.tolist()
+
+
+def _edited(base: list[int], edits: list[tuple[int, int, int]]) -> list[int]:
+    """base with each (op, position, value) applied: 0 delete, 1 insert, 2 replace."""
+    out = list(base)
+    for op, pos, value in edits:
+        if op == 1 or not out:
+            out.insert(pos % (len(out) + 1), value)
+        elif op == 0:
+            del out[pos % len(out)]
+        else:
+            out[pos % len(out)] = value
+    return out
+
+
+_edits = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10_000), st.integers(0, 6)), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(unit=st.lists(st.integers(0, 5), min_size=1, max_size=25), repeat=st.integers(1, 12), edits=_edits,
+       other=st.one_of(st.none(), st.lists(st.integers(0, 5), max_size=80)), small=st.sampled_from([0, 16, 4096]))
+def test_matching_blocks_match_difflib(unit, repeat, edits, other, small):
+    """seqmatch's blocks are difflib's, on repeated units with a few edits (a lean trace against its full one)
+    and on unrelated sequences; small=0 sends every range through the hashed search."""
+    import difflib
+
+    import numpy as np
+
+    from qtrace.analyzers.seqmatch import matching_blocks
+
+    a = unit * repeat
+    b = _edited(a, edits) if other is None else other
+    want = [tuple(m) for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()][:-1]
+    assert matching_blocks(np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), small) == want
+
+
+LEAN_PAIRS = sorted(p.parent for p in (Path(__file__).resolve().parent.parent / "traces").glob(
+    "*/*/*/lean_trace.json.gz"))
+
+
+@pytest.mark.parametrize("pair", LEAN_PAIRS, ids=lambda p: f"{p.parent.name}-{p.name}")
+def test_alignment_matches_difflib(pair, monkeypatch):
+    """align() of every committed lean + full pair is what difflib gave; expected_steps=1 aligns the
+    whole window at once, so each stream is one long sequence of repeated kernels."""
+    from qtrace.analyzers import lean_alignment
+
+    full, lean = load_trace(pair / "trace.json.gz"), load_trace(pair / "lean_trace.json.gz")
+    got = lean_alignment.align(full, lean, 1)
+    monkeypatch.setattr(lean_alignment, "name_blocks", ref.name_blocks)
+    want = lean_alignment.align(full, lean, 1)
+    pd.testing.assert_frame_equal(got.phases, want.phases, check_exact=True)
+    assert got.summary() == want.summary()

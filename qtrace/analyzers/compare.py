@@ -628,7 +628,7 @@ def attach_lean(fig: RunFigures) -> None:
     if not fig.report.trace.has_gpu:
         fig.lean_note = "no CUDA activity in the trace, so no lean trace"
         return
-    fig.lean, fig.lean_note = lean_compare.find_lean(fig.source, fig.precision, fig.passes)
+    fig.lean, fig.lean_note = lean_compare.find_lean(fig.source, fig.precision, fig.passes, fig.report.trace)
 
 
 def compare_reports(reports: list[TraceReport], baseline: str | int | None = None,

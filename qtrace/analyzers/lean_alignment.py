@@ -3,7 +3,7 @@
 The lean trace (CUDA activity only) times the work without the full profiler's host cost but
 has no host ops, so no phases. Its kernel sequence per stream is the full trace's one for the
 same work. Alignment, per step and per stream, in time order: the two name sequences are matched
-with difflib.SequenceMatcher (longest matching blocks, so a few extra or missing kernels on
+as difflib.SequenceMatcher matches them (longest matching blocks, so a few extra or missing kernels on
 either side only leave those unmatched instead of shifting everything after them). A matched
 lean event takes its full twin's phase; an unmatched one gets the phase ``unmatched`` and is
 counted, never spread over the others.
@@ -13,7 +13,6 @@ Pure pandas; no torch.
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
 from qtrace.analyzers.lean_steps import Steps, trace_steps
+from qtrace.analyzers.seqmatch import matching_blocks
 from qtrace.tracefile.kineto import Trace, load_trace
 
 UNMATCHED = "unmatched"
@@ -63,6 +63,17 @@ def _full_step_ordinals(full: Trace) -> tuple[np.ndarray, int]:
     return np.where(numbers >= 0, ordinal, -1).astype(np.int64), len(known)
 
 
+def name_blocks(f_names: list[str], g_names: list[str]) -> list[tuple[int, int, int]]:
+    """difflib.SequenceMatcher(None, f_names, g_names, autojunk=False).get_matching_blocks(), sentinel dropped.
+
+    autojunk off: a model repeats its kernels hundreds of times, which the heuristic would discard.
+    qtrace.analyzers.seqmatch gives difflib's blocks without its quadratic search (a generation step
+    holds tens of thousands of launches).
+    """
+    codes, _ = pd.factorize(pd.Series([*f_names, *g_names], dtype=object), sort=False)
+    return matching_blocks(codes[:len(f_names)], codes[len(f_names):])
+
+
 def align(full: Trace, lean: Trace, expected_steps: int | None = None) -> Alignment:
     """Match lean GPU events to full-trace ones per step and stream, by kernel name, in order."""
     gp = gpu_phases(full)
@@ -95,11 +106,9 @@ def align(full: Trace, lean: Trace, expected_steps: int | None = None) -> Alignm
         f = full_groups.get(key, full_df.iloc[:0])
         g = lean_groups.get(key, lean_df.iloc[:0])
         f_names, g_names = f["name"].tolist(), g["name"].tolist()
-        # autojunk off: a model repeats its kernels hundreds of times, which the heuristic would discard.
-        sm = difflib.SequenceMatcher(None, f_names, g_names, autojunk=False)
         f_hit = np.zeros(len(f), dtype=bool)
         g_hit = np.zeros(len(g), dtype=bool)
-        for a, b, size in sm.get_matching_blocks():
+        for a, b, size in name_blocks(f_names, g_names):
             if size:
                 rows = g.index[b:b + size]
                 out.loc[rows, "phase"] = f["phase"].to_numpy()[a:a + size]

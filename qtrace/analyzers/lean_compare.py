@@ -20,8 +20,9 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from qtrace.analyzers.lean_timing import LeanTiming, lean_timing_files
+from qtrace.analyzers.lean_timing import LeanTiming, lean_timing_files, lean_timing_for
 from qtrace.analyzers.phase_rules import PHASE_ORDER
+from qtrace.tracefile.kineto import Trace
 
 _TOL_US = 1e-6
 CPU_NOTE = ("no CUDA activity, so no lean trace: the profiler's cost cannot be told apart from the work. Bars: "
@@ -55,11 +56,15 @@ def lean_trace_path(source: str, precision: str | None) -> tuple[Path | None, st
     return None, "no lean trace (recorded before lean traces existed, or not a run folder)"
 
 
-def find_lean(source: str, precision: str | None, passes: int | None) -> tuple[LeanTiming | None, str | None]:
+def find_lean(source: str, precision: str | None, passes: int | None,
+              full: Trace | None = None) -> tuple[LeanTiming | None, str | None]:
+    """The lean timing of the full trace at `source` (`full`: that trace, already loaded), or why there is none."""
     path, why = lean_trace_path(source, precision)
     if path is None:
         return None, why
     try:
+        if full is not None:
+            return lean_timing_for(full, path, passes), None
         return lean_timing_files(source, path, passes), None
     except Exception as exc:  # a broken lean trace must not take the comparison down with it
         return None, f"lean trace {path} unreadable ({type(exc).__name__}: {exc})"

@@ -180,7 +180,16 @@ def lean_timing(lean: Trace, alignment: Alignment) -> LeanTiming:
 
 def lean_timing_files(full_path: str | Path, lean_path: str | Path, expected_steps: int | None = None) -> LeanTiming:
     """Load a full + lean pair, align, time (the few lines a committed-pair test needs)."""
-    full, lean = load_trace(full_path), load_trace(lean_path)
+    return lean_timing_for(load_trace(full_path), lean_path, expected_steps)
+
+
+def lean_timing_for(full: Trace, lean_path: str | Path, expected_steps: int | None = None) -> LeanTiming:
+    """Load the lean trace of an already loaded full one, align, time.
+
+    compare has the full trace (and its cached phases) from its report: loading it again here
+    read every full trace twice.
+    """
+    lean = load_trace(lean_path)
     return lean_timing(lean, align(full, lean, expected_steps))
 
 
