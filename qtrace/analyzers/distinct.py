@@ -23,11 +23,11 @@ def shared_objects(values: pd.Series | pd.Index) -> np.ndarray:
     """
     if not isinstance(values.dtype, pd.StringDtype):
         return values.to_numpy(dtype=object)
-    codes, uniq = _string_codes(values)
+    codes, uniq = string_codes(values)
     return uniq[codes]
 
 
-def _string_codes(values: pd.Series | pd.Index) -> tuple[np.ndarray, np.ndarray]:
+def string_codes(values: pd.Series | pd.Index) -> tuple[np.ndarray, np.ndarray]:
     """A string column's own codes and its distinct values as Python strings (a string column
     holds no None beside NaN)."""
     codes, uniq = pd.factorize(values, use_na_sentinel=False)
@@ -55,7 +55,7 @@ def _objects(values: Any) -> np.ndarray:
 
 def _codes(values: Any) -> tuple[np.ndarray, list]:
     if isinstance(values, pd.Series | pd.Index) and isinstance(values.dtype, pd.StringDtype):
-        codes, uniq = _string_codes(values)  # without a Python string per row
+        codes, uniq = string_codes(values)  # without a Python string per row
         return codes, list(uniq)
     codes, uniq = pd.factorize(_objects(values), use_na_sentinel=False)
     return codes, list(uniq)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
-from qtrace.analyzers.distinct import shared_objects
+from qtrace.analyzers.distinct import shared_objects, string_codes
 from qtrace.analyzers.segments import sweep_labels
 from qtrace.tracefile.kineto import Trace
 from qtrace.tracefile.strings import str_column
@@ -199,9 +199,9 @@ def _joint_codes(columns: list[pd.Series], extra: str) -> tuple[list[np.ndarray]
     index: dict = {}
     out = []
     for col in columns:
-        codes, uniq = pd.factorize(col, use_na_sentinel=False)
+        codes, uniq = string_codes(col)
         remap = np.empty(len(uniq), dtype=np.int64)
-        for j, v in enumerate(np.asarray(uniq, dtype=object).tolist()):
+        for j, v in enumerate(uniq.tolist()):
             if v not in index:
                 index[v] = len(names)
                 names.append(v)

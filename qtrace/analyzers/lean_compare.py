@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from qtrace.analyzers.lean_timing import LeanTiming, lean_timing_files, lean_timing_for
+from qtrace.analyzers.lean_timing import LeanTiming, lean_timing_for
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.tracefile.kineto import Trace
 
@@ -57,15 +57,13 @@ def lean_trace_path(source: str, precision: str | None) -> tuple[Path | None, st
 
 
 def find_lean(source: str, precision: str | None, passes: int | None,
-              full: Trace | None = None) -> tuple[LeanTiming | None, str | None]:
-    """The lean timing of the full trace at `source` (`full`: that trace, already loaded), or why there is none."""
+              full: Trace) -> tuple[LeanTiming | None, str | None]:
+    """The lean timing of `full` (the trace at `source`, already loaded), or why there is none."""
     path, why = lean_trace_path(source, precision)
     if path is None:
         return None, why
     try:
-        if full is not None:
-            return lean_timing_for(full, path, passes), None
-        return lean_timing_files(source, path, passes), None
+        return lean_timing_for(full, path, passes), None
     except Exception as exc:  # a broken lean trace must not take the comparison down with it
         return None, f"lean trace {path} unreadable ({type(exc).__name__}: {exc})"
 

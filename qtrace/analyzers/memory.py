@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import context_column, op_phases
-from qtrace.analyzers.distinct import map_distinct, python_strings, shared_objects
+from qtrace.analyzers.distinct import map_distinct, python_strings, shared_objects, string_codes
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
 from qtrace.markup import md_escape, md_table
@@ -190,13 +190,12 @@ def memory_events(trace: Trace) -> pd.DataFrame:
     cols["event"] = m.index.to_numpy()[take]
     # Labels point at one string per distinct value (python_strings): cached for the report's life.
     # One label per run of equal (device_type, device_id): the rows are sorted by them.
-    new_pair = np.r_[True, (device_type[1:] != device_type[:-1]) | (device_id[1:] != device_id[:-1])][:len(take)]
-    first = np.flatnonzero(new_pair)
+    first = _device_starts(device_type, device_id)
     device = np.empty(len(first), dtype=object)
     device[:] = [device_label(t, i) for t, i in zip(device_type[first].tolist(), device_id[first].tolist(),
                                                    strict=True)]
-    cols["device"] = python_strings(device[np.cumsum(new_pair) - 1])
-    del new_pair, first
+    cols["device"] = python_strings(np.repeat(device, np.diff(np.append(first, len(take)))))
+    del first
     for c, values in _op_labels(trace, m["op"].to_numpy(dtype=np.int64)[take]).items():
         cols[c] = python_strings(values)
     df = pd.DataFrame(cols)
@@ -204,12 +203,18 @@ def memory_events(trace: Trace) -> pd.DataFrame:
     return df
 
 
+def _device_starts(device_type: np.ndarray, device_id: np.ndarray) -> np.ndarray:
+    """Row of each device's first event, in rows sorted by (device_type, device_id)."""
+    if not len(device_type):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, (device_type[1:] != device_type[:-1]) | (device_id[1:] != device_id[:-1])])
+
+
 def _take_column(col: pd.Series, rows: np.ndarray) -> Any:
     """The values of `col` at `rows`, same dtype; a str column of strings is written from its codes
     into exact Arrow buffers (Arrow's take would fill its pool with a copy of every row's text)."""
     if isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow":
-        codes, uniq = pd.factorize(col, use_na_sentinel=False)
-        texts = np.asarray(uniq, dtype=object)
+        codes, texts = string_codes(col)
         if all(isinstance(t, str) for t in texts.tolist()):
             try:
                 return text_column(codes[rows], texts)
@@ -392,7 +397,7 @@ def device_memories(trace: Trace) -> dict[str, DeviceMemory]:
     # memory_events is sorted by device: each device's rows are one slice of it (a view, not a copy
     # as a groupby's groups are), in the order groupby(["device_type", "device_id"]) gives them.
     dt, did = ev["device_type"].to_numpy(), ev["device_id"].to_numpy()
-    cuts = [0, *(np.flatnonzero((dt[1:] != dt[:-1]) | (did[1:] != did[:-1])) + 1).tolist(), len(ev)] if len(ev) else []
+    cuts = [*_device_starts(dt, did).tolist(), len(ev)] if len(ev) else []
     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
         dm = _reconstruct(ev.iloc[lo:hi])
         out[dm.device] = dm

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.analyzers.distinct import mask_distinct, python_strings, shared_objects
+from qtrace.analyzers.distinct import mask_distinct, python_strings, shared_objects, string_codes
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.analyzers.shapes import (
     DTYPE_KIND,
@@ -308,9 +308,9 @@ def units(trace: Trace) -> pd.DataFrame:
     strides = np.where(has_op, stride_col.to_numpy(dtype=object)[safe] if len(ops) else None, None)
     # Names, kinds and phases as integer codes: a per-event frame of kernel names held ~30 MB per
     # 100k events (Arrow strings, copied again by each sort and group-by).
-    kind_code, kinds = _codes(gpu["cat"])
-    kernel_code, kernels = _codes(gpu["name"])
-    phase_code, phases = _codes(gpu["phase"])
+    kind_code, kinds = string_codes(gpu["cat"])
+    kernel_code, kernels = string_codes(gpu["name"])
+    phase_code, phases = string_codes(gpu["phase"])
     kind, kname = kinds[kind_code], kernels[kernel_code]
     is_copy = np.isin(kind, ["gpu_memcpy", "gpu_memset"])
     is_quant_op = mask_distinct(op_name, lambda n: isinstance(n, str) and n.startswith(OP_PREFIXES))
@@ -393,12 +393,6 @@ def units(trace: Trace) -> pd.DataFrame:
     cache["roofline_unit_of_event"] = unit_of_event
     cache["roofline_units"] = out
     return out
-
-
-def _codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(integer code of each row, distinct values as an object array) of a column."""
-    codes, uniq = pd.factorize(column, use_na_sentinel=False)
-    return codes, np.asarray(uniq, dtype=object)
 
 
 def _key_groups(columns: list[np.ndarray]) -> np.ndarray:
