@@ -1,7 +1,7 @@
 """Memory of `qtrace report` stage by stage, in one process: where a big trace's peak RSS comes from.
 
-Runs the report's own calls one stage at a time (load, phase table, kernels/steps/host summary,
-memory section, devices, roofline, each backend's analysis: what `analyze_trace` calls) and
+Runs the report's own calls one stage at a time, in `analyze_trace`'s order (load, memory section,
+phase table, kernels/steps/host summary, devices, roofline, each backend's analysis: what `analyze_trace` calls) and
 prints, after each stage, the process's RSS and the peak inside the stage (VmHWM, reset before
 each stage through /proc/self/clear_refs), glibc's heap in use and free (``mallinfo2``) and the
 bytes it has mapped for large blocks, and Arrow's pool. Then the frames cached on the trace
@@ -110,11 +110,12 @@ def main() -> None:
 
     print(_line("imports", time.perf_counter() - t0), flush=True)
     trace = _stage("load", lambda: load_trace(args.trace))
+    # In analyze_trace's order, with its releases of the frames no later section reads.
+    _stage("memory", lambda: (memory.memory_section(trace, None), memory.release(trace)))
     _stage("phase table", lambda: phase_table(trace))
     _stage("kernels/steps", lambda: (kernel_table(trace, args.top), ta.step_table(trace), ta.host_summary(trace)))
-    _stage("memory", lambda: memory.memory_section(trace, None))
     _stage("devices", lambda: devices.device_section(trace))
-    _stage("roofline", lambda: roofline.roofline_section(trace))
+    _stage("roofline", lambda: (roofline.roofline_section(trace), roofline.release(trace)))
     for backend in BACKENDS:
         for name, ref in backend.analyses.items():
             _stage(f"{backend.name} {name}"[:14], lambda ref=ref: resolve(ref)(trace))

@@ -22,6 +22,7 @@ from qtrace.tracefile.strings import str_column
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
 GPU_BOUND_IDLE_SHARE = 0.1
+_SEGMENT_BLOCK = 1 << 18  # segments whose exposed time is computed at once
 OUTSIDE_OPS = "other"  # exposed time when the launching thread runs no op (Python, framework)
 
 
@@ -143,12 +144,25 @@ def _on_thread(df: pd.DataFrame, pid: str, tid: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Segments:
-    """One thread's segments: [start, end) and the phase of each as a code into `names`."""
+    """One thread's segments: [start, end) and the phase of each as a code into `names`.
+
+    The segments tile their span (each ends where the next starts), so only the starts and the
+    last end are held: the ends array would be ~45 MB more per 2 GB of trace for the report's life.
+    """
 
     start: np.ndarray
-    end: np.ndarray
+    last_end: float
     codes: np.ndarray
     names: np.ndarray
+
+    def ends(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The ends of segments lo .. hi-1 (a new array)."""
+        hi = len(self.start) if hi is None else hi
+        out = np.empty(max(hi - lo, 0), dtype=self.start.dtype)
+        if len(out):
+            out[:-1] = self.start[lo + 1:hi]
+            out[-1] = self.start[hi] if hi < len(self.start) else self.last_end
+        return out
 
 
 def _segment_codes(trace: Trace, thread: tuple[str, str]) -> _Segments | None:
@@ -172,23 +186,42 @@ def _segment_codes(trace: Trace, thread: tuple[str, str]) -> _Segments | None:
     end = np.concatenate([ops["end"].to_numpy()[o], rt["end"].to_numpy()[r]])
     # Phases as codes into the names of both tables (and OUTSIDE_OPS): equal names, one code.
     (op_code, rt_code), names = _joint_codes([ops["phase"], rt["phase"]], OUTSIDE_OPS)
-    phase = np.concatenate([op_code[o], rt_code[r]])
+    # int32 codes and labels from here on: at 2 GB of trace each array of the segments is ~22 MB.
+    phase = np.concatenate([op_code[o].astype(np.int32), rt_code[r].astype(np.int32)])
     del op_code, rt_code
-    # By start, longest first; ties keep ops before runtime calls, each in table order (a stable sort).
-    order = np.lexsort((np.arange(len(ts)), -end, ts))
+    # By start, longest first; ties keep ops before runtime calls, each in table order (lexsort is stable).
+    order = np.lexsort((-end, ts))
     ts, end, phase = ts[order], end[order], phase[order]
     del order
     seg_s, seg_e, labels = sweep_labels(ts, end)
     del ts, end
-    seg_code = np.full(len(labels), names.index(OUTSIDE_OPS), dtype=np.int64)
+    last_end = float(seg_e[-1]) if len(seg_e) else 0.0
+    del seg_e
+    seg_code = np.full(len(labels), names.index(OUTSIDE_OPS), dtype=np.int32)
     has = labels >= 0
     seg_code[has] = phase[labels[has]]
     del labels, has, phase
-    # Codes in order of first appearance, as pd.factorize of the segments' phase names gives them.
-    codes, uniq = pd.factorize(seg_code, use_na_sentinel=False)
-    out = _Segments(seg_s, seg_e, codes.astype(np.int32), np.asarray([names[c] for c in uniq.tolist()], dtype=object))
+    codes, uniq = _first_appearance_codes(seg_code, len(names))
+    del seg_code
+    out = _Segments(seg_s, last_end, codes, np.asarray([names[c] for c in uniq.tolist()], dtype=object))
     cache[key] = out
     return out
+
+
+def _first_appearance_codes(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, uniques) of int `values` in [0, k) numbered in order of first appearance, as
+    `pd.factorize(values)` gives them, as int32 and without its int64 codes and hash table
+    (one comparison pass per possible value: k is the number of phase names, a few dozen)."""
+    firsts, present = [], []
+    for v in range(k):
+        hit = values == v
+        if hit.any():
+            firsts.append(int(np.argmax(hit)))
+            present.append(v)
+    uniq = np.asarray(present, dtype=np.int64)[np.argsort(np.asarray(firsts, dtype=np.int64), kind="stable")]
+    remap = np.zeros(k, dtype=np.int32)
+    remap[uniq] = np.arange(len(uniq), dtype=np.int32)
+    return remap[values], uniq
 
 
 def _joint_codes(columns: list[pd.Series], extra: str) -> tuple[list[np.ndarray], list]:
@@ -224,7 +257,7 @@ def _self_segments(trace: Trace, thread: tuple[str, str]) -> pd.DataFrame:
         return pd.DataFrame(columns=["start", "end", "phase"])
     if not len(segs.start):  # the dtypes the sweep's empty lists gave
         return pd.DataFrame({"start": [], "end": [], "phase": []})
-    return pd.DataFrame({"start": segs.start, "end": segs.end, "phase": str_column(segs.names[segs.codes])})
+    return pd.DataFrame({"start": segs.start, "end": segs.ends(), "phase": str_column(segs.names[segs.codes])})
 
 
 def exposed_host_time(trace: Trace) -> pd.Series:
@@ -247,9 +280,15 @@ def exposed_host_time(trace: Trace) -> pd.Series:
     segs = _segment_codes(trace, thread)
     if segs is None or not len(segs.start):
         return pd.Series({OUTSIDE_OPS: float(idle_cum[-1])})
-    s = np.clip(segs.start.astype(float), lo, hi)
-    e = np.clip(segs.end.astype(float), lo, hi)
-    overlap = np.interp(e, xs, idle_cum) - np.interp(s, xs, idle_cum)
+    # Block by block: the clipped bounds and both interpolations of all segments at once were
+    # ~270 MB of temporaries at 2 GB of trace (5.6M segments), the report's peak.
+    overlap = np.empty(len(segs.start))
+    for a in range(0, len(overlap), _SEGMENT_BLOCK):
+        b = min(a + _SEGMENT_BLOCK, len(overlap))
+        s = np.clip(segs.start[a:b].astype(float), lo, hi)
+        e = np.clip(segs.ends(a, b).astype(float), lo, hi)
+        overlap[a:b] = np.interp(e, xs, idle_cum) - np.interp(s, xs, idle_cum)
+    del s, e
     # Summed by integer codes of the phases (an index of a million strings costs ~100 MB), in the
     # same order within each phase, then sorted by phase as grouping by the names sorts them.
     codes, names = segs.codes, segs.names

@@ -89,6 +89,14 @@ def _cache(trace: Trace) -> dict:
     return trace.__dict__.setdefault("_qtrace_cache", {})
 
 
+def release(trace: Trace) -> None:
+    """Drop the frames this module cached on `trace` (memory_events, device_memories); the next call
+    builds them again. The report calls it once its memory section is built."""
+    cache = _cache(trace)
+    for key in ("memory_events", "device_memories"):
+        cache.pop(key, None)
+
+
 def device_label(device_type: int, device_id: int) -> str:
     name = DEVICE_TYPES.get(device_type, f"device_type{device_type}")
     return name if device_type == CPU else f"{name}:{device_id}"

@@ -405,6 +405,14 @@ def _key_groups(columns: list[np.ndarray]) -> np.ndarray:
     return gid
 
 
+def release(trace: Trace) -> None:
+    """Drop the units cached on `trace` (the next call builds them again); the report calls it once
+    its roofline section is built."""
+    cache = trace.__dict__.get("_qtrace_cache", {})
+    for key in ("roofline_units", "roofline_unit_of_event"):
+        cache.pop(key, None)
+
+
 def unit_of_event(trace: Trace) -> np.ndarray:
     """For each row of `gpu_phases(trace)`, the row of `units(trace)` it belongs to."""
     units(trace)

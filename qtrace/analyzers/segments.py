@@ -29,7 +29,7 @@ def sweep_segments(starts: np.ndarray, ends: np.ndarray, phases: np.ndarray,
 
 
 def sweep_labels(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(segment starts, ends, event index of each segment, -1 outside every event): `sweep_segments`
+    """(segment starts, ends, event index of each segment (an int array), -1 outside every event): `sweep_segments`
     with each segment's event instead of its phase, so a caller can label it by codes.
 
     Temporaries are freed as soon as they are read (a few million events at 2 GB of trace: each
@@ -56,7 +56,7 @@ def sweep_labels(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.n
     keep[0] = True
     first = np.flatnonzero(keep)
     del is_start, keep
-    labels = top[first].astype(np.int64)
+    labels = top[first]  # int32 when the event indices fit (half the memory of int64)
     del top
     seg_s = bounds[first]
     del first

@@ -91,6 +91,15 @@ def precision_of(trace: Trace) -> str | None:
 
 def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None = None,
                   precision: str | None = None) -> TraceReport:
+    from qtrace.analyzers import memory
+
+    # The memory section first, and its per-event frames dropped once it is built: no other section
+    # reads them, and on a big trace they are the largest frames after the tables (~165 MB at 2 GB
+    # of trace), so the exposed-time segments and the later sections reuse their memory instead of
+    # adding to it (docs/robustness.md, "Peak memory"). A Python user calling memory.* directly
+    # keeps them cached.
+    memory_section = memory.memory_section(trace, measured)
+    memory.release(trace)
     report = TraceReport(
         source=trace.source,
         trace=trace,
@@ -103,20 +112,21 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
         precision=precision or precision_of(trace),
         measured=measured,
     )
-    for name, section in _extra_sections(trace, measured).items():
+    for name, section in _extra_sections(trace, memory_section).items():
         report.extra[name] = section
     return report
 
 
-def _extra_sections(trace: Trace, measured: dict[str, Any] | None) -> dict[str, Any]:
+def _extra_sections(trace: Trace, memory_section: dict[str, Any]) -> dict[str, Any]:
     """Sections that answer further questions: memory, roofline, and each backend's own (LLM.int8 outliers)."""
-    from qtrace.analyzers import devices, memory, roofline
+    from qtrace.analyzers import devices, roofline
 
-    sections: dict[str, Any] = {"memory": memory.memory_section(trace, measured)}
+    sections: dict[str, Any] = {"memory": memory_section}
     per_device = devices.device_section(trace)  # only for GPU events on two or more devices
     if per_device is not None:
         sections["devices"] = per_device
     sections["roofline"] = roofline.roofline_section(trace)  # its phase_fields join each phase record
+    roofline.release(trace)  # its units are read by no later section (projections load their own trace)
     for backend in BACKENDS:
         for name, ref in backend.analyses.items():
             section = resolve(ref)(trace)
