@@ -9,6 +9,7 @@ import msgspec
 
 from qtrace.analyzers.compare import compare_reports, run_labels
 from qtrace.analyzers.trace_analysis import TraceReport, analyze_target, load_target
+from qtrace.cli.allocator import return_big_blocks
 from qtrace.errors import QtraceError
 from qtrace.fileio import check_out_dir, prepare_out_dir
 from qtrace.reports import compare_report
@@ -55,6 +56,7 @@ def compare_cmd(paths: tuple[str, ...], baseline: str | None, fmt: str, out_dir:
     the change of GPU time, host CPU time, launches, syncs and GPU idle time; they add up to the
     run's totals minus the baseline's.
     """
+    return_big_blocks()  # a big trace's freed arrays leave no resident heap holes
     if out_dir:
         check_out_dir(out_dir, force)
     reports = _load_all(paths, top)

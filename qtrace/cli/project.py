@@ -9,6 +9,7 @@ import msgspec
 
 from qtrace.analyzers.projection_run import project_target
 from qtrace.analyzers.trace_analysis import load_target
+from qtrace.cli.allocator import return_big_blocks
 from qtrace.errors import QtraceError
 from qtrace.fileio import check_out_dir, prepare_out_dir
 from qtrace.gpu_peaks import KNOWN_DEVICES, spec_by_key_or_name
@@ -34,6 +35,7 @@ def project_cmd(path: str, gpu: str, host_speed: float, fmt: str, out_dir: str |
     the timeline is rebuilt so GPU idle time grows or shrinks; kernels the target cannot run
     (bf16 on a T4, fp8 before sm_89) are reported, not projected. See docs/projection.md.
     """
+    return_big_blocks()  # a big trace's freed arrays leave no resident heap holes
     spec = spec_by_key_or_name(gpu)
     if spec is None:
         raise QtraceError(f"--gpu {gpu!r}: not in the peak table (known: {', '.join(s.key for s in KNOWN_DEVICES)})")

@@ -9,6 +9,7 @@ import msgspec
 
 from qtrace.analyzers.ranks import rank_summary
 from qtrace.analyzers.trace_analysis import analyze_target, load_target
+from qtrace.cli.allocator import return_big_blocks
 from qtrace.fileio import check_out_dir, prepare_out_dir
 from qtrace.reports import trace_report
 
@@ -27,6 +28,7 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     PATH is a torch.profiler Chrome trace (.json or .json.gz) or a run folder written by
     `qtrace profile`.
     """
+    return_big_blocks()  # a big trace's freed arrays leave no resident heap holes
     if out_dir:
         check_out_dir(out_dir, force)
     target = load_target(path)
