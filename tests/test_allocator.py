@@ -47,8 +47,9 @@ def test_fixed_threshold_maps_a_block_the_dynamic_one_puts_on_the_heap() -> None
     assert _mapped_growth("default") < 8 << 20  # the control: glibc's own threshold had risen to 30 MB
 
 
-def test_the_users_environment_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+@pytest.mark.parametrize("name", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"])
+def test_the_users_environment_setting_wins(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "131072")
     assert allocator.return_big_blocks() is False
 
 
