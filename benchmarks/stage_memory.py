@@ -98,7 +98,13 @@ def main() -> None:
     ap.add_argument("trace", help="a Kineto trace (.json or .json.gz)")
     ap.add_argument("--top", type=int, default=15, help="kernels listed, as `qtrace report --top`")
     ap.add_argument("--no-tables", action="store_true", help="skip the sizes of the cached frames and tables")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="keep glibc's own mmap and trim thresholds (qtrace report fixes them)")
     args = ap.parse_args()
+    if not args.default_allocator:
+        from qtrace.cli.allocator import return_big_blocks
+
+        return_big_blocks()  # as `qtrace report` does
 
     t0 = time.perf_counter()
     from qtrace.analyzers import devices, memory, roofline
