@@ -167,3 +167,17 @@ def test_alignment_matches_difflib(pair, monkeypatch):
     want = lean_alignment.align(full, lean, 1)
     pd.testing.assert_frame_equal(got.phases, want.phases, check_exact=True)
     assert got.summary() == want.summary()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=7), max_size=60), st.integers(min_value=0, max_value=4))
+def test_first_appearance_codes_match_factorize(values, extra):
+    import numpy as np
+
+    k = max(values, default=-1) + 1 + extra  # some possible values never appear
+    arr = np.asarray(values, dtype=np.int32)
+    codes, uniq = host._first_appearance_codes(arr, k)
+    want_codes, want_uniq = pd.factorize(arr.astype(np.int64), use_na_sentinel=False)
+    assert codes.dtype == np.int32
+    assert codes.tolist() == want_codes.tolist()
+    assert uniq.tolist() == want_uniq.tolist()
