@@ -54,9 +54,13 @@ class BlockColumn:
         self._blocks.append(np.frombuffer(mmap.mmap(-1, size), dtype=self.dtype))
         self._used = 0
 
+    def parts(self) -> list[np.ndarray]:
+        """The values, block by block (views: valid until `build` or `clear`)."""
+        return [b for b in self._blocks[:-1]] + ([self._blocks[-1][:self._used]] if self._blocks else [])
+
     def build(self) -> np.ndarray:
         """All values as one ordinary array; the blocks are released (the column is empty after)."""
-        parts = [b for b in self._blocks[:-1]] + ([self._blocks[-1][:self._used]] if self._blocks else [])
+        parts = self.parts()
         out = np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
         self._blocks, self._used, self._full = [], 0, 0
         return out

@@ -295,7 +295,10 @@ def _stream_decode(p: Path, chunk_bytes: int) -> tuple[_Columns, dict[str, Any]]
 _WS = frozenset(b" \t\r\n")
 
 
-def _stream_decode_blocks(blocks: Iterator[bytes], chunk_bytes: int) -> tuple[_Columns, dict[str, Any]]:
+def _stream_decode_blocks(blocks: Iterator[bytes], chunk_bytes: int,
+                          rest_out: list[bytes] | None = None) -> tuple[_Columns, dict[str, Any]]:
+    """Columns and metadata of the trace text that `blocks` yield; `rest_out` (if given) receives what
+    follows the array's closing ']' (qtrace.tracefile.split checks where the array ended)."""
     buf = bytearray()
     eof = False
 
@@ -367,6 +370,8 @@ def _stream_decode_blocks(blocks: Iterator[bytes], chunk_bytes: int) -> tuple[_C
         tried += 1
         if _decode_into(cols, buf, pos + 1):
             break
+    if rest_out is not None:
+        rest_out.append(bytes(buf[pos + 1:]))
     return cols, _metadata_of(top)
 
 

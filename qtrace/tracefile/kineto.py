@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.errors import TraceFormatError
+from qtrace.tracefile import split
 from qtrace.tracefile.blocks import BlockColumn
 from qtrace.tracefile.decode import (  # noqa: F401 (names other modules import from here)
     _EVENTS_DECODER,
@@ -97,13 +98,23 @@ class Trace:
         return len(self.gpu) > 0
 
 
-def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int = CHUNK_BYTES) -> Trace:
+def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int = CHUNK_BYTES,
+               split_min_bytes: int | None = split.SPLIT_MIN_BYTES) -> Trace:
     """Load and validate a Kineto trace. Raises TraceFormatError with one line on bad input.
 
-    `stream=False` decodes the whole file at once (the fallback path; same result).
+    `stream=False` decodes the whole file at once (the fallback path; same result). A plain file of
+    at least `split_min_bytes` is decoded in two processes (qtrace.tracefile.split; None: never).
     """
     p = Path(path)
     if stream:
+        helper = split.helper_for(p, chunk_bytes, split_min_bytes) if split_min_bytes is not None else None
+        if helper is not None:
+            try:
+                cols, metadata = split.decode(helper, chunk_bytes)
+            except _Fallback:
+                pass
+            else:
+                return build_trace(cols, source=str(p), metadata=metadata)
         try:
             cols, metadata = _stream_decode(p, chunk_bytes)
         except _Fallback:
