@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from qtrace.analyzers.attribution import runtime_phases
 from qtrace.analyzers.host import host_summary, step_table
 from qtrace.analyzers.kernels import kernel_table
 from qtrace.analyzers.phases import coverage, gpu_time_us, phase_table
@@ -89,49 +90,95 @@ def precision_of(trace: Trace) -> str | None:
     return infer_precision(trace)
 
 
-def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None = None,
-                  precision: str | None = None) -> TraceReport:
-    from qtrace.analyzers import memory
+# Forking pays on big traces (the 407 MB benchmark trace holds 0.96M events; the committed
+# 1.5 MB one 60k, whose sections take a fraction of a second). Above FORK_MAX_EVENTS the sections
+# run in one process: a forked child's own arrays would add to the peak that a 2 GB trace (~4.8M
+# events) must keep under 1.5 GB (docs/robustness.md).
+FORK_MIN_EVENTS = 200_000
+FORK_MAX_EVENTS = 4_000_000
 
-    # The memory section first, and its per-event frames dropped once it is built: no other section
-    # reads them, and on a big trace they are the largest frames after the tables (~165 MB at 2 GB
-    # of trace), so the exposed-time segments and the later sections reuse their memory instead of
-    # adding to it (docs/robustness.md, "Peak memory"). A Python user calling memory.* directly
-    # keeps them cached.
-    memory_section = memory.memory_section(trace, measured)
-    memory.release(trace)
-    report = TraceReport(
-        source=trace.source,
-        trace=trace,
-        phases=phase_table(trace),
-        kernels=kernel_table(trace, top),
-        steps=step_table(trace),
-        host=host_summary(trace),
-        gpu_time_us=gpu_time_us(trace),
-        coverage=coverage(trace),
-        precision=precision or precision_of(trace),
-        measured=measured,
-    )
-    for name, section in _extra_sections(trace, memory_section).items():
+
+def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None = None,
+                  precision: str | None = None, fork_sections: bool = False) -> TraceReport:
+    """Every section of the report on `trace`.
+
+    `fork_sections=True` (what `qtrace report` and `compare` pass) computes the roofline section in
+    a forked child while this process does the rest (qtrace.analyzers.forked), for a
+    trace of FORK_MIN_EVENTS to FORK_MAX_EVENTS events; the report is the same either way.
+    """
+    from qtrace.analyzers import forked, memory
+
+    pending = None
+    if fork_sections and _fork_worth_it(trace):
+        # What both sides read first, so that neither computes it again (~1 s of the 407 MB trace's
+        # 3.7 s of sections); then the roofline in the child, everything else here: about even halves.
+        runtime_phases(trace)
+        pending = forked.Pending(lambda: _roofline(trace, release=False))
+        if not pending.forked:
+            pending = None
+    try:
+        # The memory section first, and its per-event frames dropped once it is built: no other section
+        # reads them, and on a big trace they are the largest frames after the tables (~165 MB at 2 GB
+        # of trace), so the exposed-time segments and the later sections reuse their memory instead of
+        # adding to it (docs/robustness.md, "Peak memory"). A Python user calling memory.* directly
+        # keeps them cached.
+        memory_section = memory.memory_section(trace, measured)
+        memory.release(trace)
+        report = TraceReport(
+            source=trace.source,
+            trace=trace,
+            phases=phase_table(trace),
+            kernels=kernel_table(trace, top),
+            steps=step_table(trace),
+            host=host_summary(trace),
+            gpu_time_us=gpu_time_us(trace),
+            coverage=coverage(trace),
+            precision=precision or precision_of(trace),
+            measured=measured,
+        )
+        sections = _extra_sections(trace, memory_section, pending)
+    except BaseException:
+        if pending is not None:
+            pending.cancel()
+        raise
+    for name, section in sections.items():
         report.extra[name] = section
     return report
 
 
-def _extra_sections(trace: Trace, memory_section: dict[str, Any]) -> dict[str, Any]:
+def _fork_worth_it(trace: Trace) -> bool:
+    events = len(trace.ops) + len(trace.runtime) + len(trace.gpu) + len(trace.memory)
+    return FORK_MIN_EVENTS <= events < FORK_MAX_EVENTS and len(trace.gpu) > 0
+
+
+def _roofline(trace: Trace, release: bool = True) -> dict[str, Any]:
+    from qtrace.analyzers import roofline
+
+    section = roofline.roofline_section(trace)  # its phase_fields join each phase record
+    if release:
+        roofline.release(trace)  # its units are read by no later section (projections load their own trace)
+    return section
+
+
+def _extra_sections(trace: Trace, memory_section: dict[str, Any], roofline_pending: Any = None) -> dict[str, Any]:
     """Sections that answer further questions: memory, roofline, and each backend's own (LLM.int8 outliers)."""
-    from qtrace.analyzers import devices, roofline
+    from qtrace.analyzers import devices
 
     sections: dict[str, Any] = {"memory": memory_section}
     per_device = devices.device_section(trace)  # only for GPU events on two or more devices
     if per_device is not None:
         sections["devices"] = per_device
-    sections["roofline"] = roofline.roofline_section(trace)  # its phase_fields join each phase record
-    roofline.release(trace)  # its units are read by no later section (projections load their own trace)
+    if roofline_pending is None:
+        sections["roofline"] = _roofline(trace)
+    backend_sections = {}
     for backend in BACKENDS:
         for name, ref in backend.analyses.items():
             section = resolve(ref)(trace)
             if section is not None:
-                sections[name] = section
+                backend_sections[name] = section
+    if roofline_pending is not None:  # computed in the child meanwhile
+        sections["roofline"] = roofline_pending.result()
+    sections.update(backend_sections)
     return sections
 
 
@@ -246,9 +293,10 @@ def _looks_like_trace(f: Path) -> bool:
     return b'"traceEvents"' in head or (text[:1] == b"[" and text[1:].lstrip()[:1] == b"{" and b'"ph"' in head)
 
 
-def analyze_target(target: Target, top: int = 15) -> list[TraceReport]:
+def analyze_target(target: Target, top: int = 15, fork_sections: bool = False) -> list[TraceReport]:
     reports = []
     for precision, trace_path in target.traces:
         trace = load_trace(trace_path)
-        reports.append(analyze_trace(trace, top=top, measured=target.measured(precision), precision=precision))
+        reports.append(analyze_trace(trace, top=top, measured=target.measured(precision), precision=precision,
+                                     fork_sections=fork_sections))
     return reports

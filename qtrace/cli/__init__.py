@@ -12,6 +12,7 @@ import sys
 import click
 
 from qtrace import __version__
+from qtrace.cli.early_decode import start_early
 from qtrace.errors import QtraceError
 
 # name -> (module, attribute, one-line help). Loaded lazily.
@@ -70,6 +71,7 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
+        start_early(sys.argv[1:] if argv is None else list(argv))  # a big trace's helper decodes during the imports
         cli.main(args=argv, prog_name="qtrace", standalone_mode=False)
     except QtraceError as exc:
         click.echo(f"qtrace: error: {exc}", err=True)

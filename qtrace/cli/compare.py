@@ -27,7 +27,7 @@ def _load_all(paths: tuple[str, ...], top: int) -> list[TraceReport]:
             click.echo(f"qtrace: warning: {t.incomplete}", err=True)
     reports: list[TraceReport] = []
     for t in targets:
-        reports += analyze_target(t, top=max(top, 10))
+        reports += analyze_target(t, top=max(top, 10), fork_sections=True)
     return reports
 
 

@@ -34,7 +34,7 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
     target = load_target(path)
     if target.incomplete:
         click.echo(f"qtrace: warning: {target.incomplete}", err=True)
-    reports = analyze_target(target, top=top)
+    reports = analyze_target(target, top=top, fork_sections=True)  # a big trace's sections in two processes
     ranks = rank_summary(reports, target.ranks) if target.ranks else None
     out = prepare_out_dir(out_dir, force) if out_dir else None
     if out is not None:

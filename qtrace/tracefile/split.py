@@ -18,8 +18,8 @@ one-line error. A gzip file is never split: its second half cannot be read witho
 first.
 
 `start` may be called early (before pandas is imported, say), so that the helper decodes while
-this process is still importing; `load_trace` then claims it. No command does so yet: an even
-cut, started by `load_trace`, is what docs/robustness.md measures.
+this process is still importing; `load_trace` then claims it. `qtrace report FILE` does
+(qtrace.cli.early_decode).
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ from qtrace.tracefile.decode import (
 )
 
 SPLIT_MIN_BYTES = 64 << 20  # below this a helper's start-up (~0.1 s) outweighs what it saves
-LATE_FRACTION = 0.5  # this process's share when the helper starts as the decode does
+# This process's share of the events. Even, also when the helper starts before the report's imports
+# (qtrace.cli.early_decode): on the 407 MB trace a 0.4 or 0.45 share left this process waiting
+# 0.1-0.7 s for the helper, 0.5 never (docs/robustness.md, "Early start").
+FRACTION = 0.5
 _WINDOW = 1 << 20  # bytes read around a planned cut to find an event boundary
 _HEADER_LIMIT = 1 << 20  # a header longer than this: no split (Kineto's is a few kB)
 _EXIT_NO_DECODE = 3
@@ -116,7 +119,7 @@ def plan(path: Path, fraction: float, min_bytes: int = SPLIT_MIN_BYTES) -> tuple
     return header_end, at + close, at + start
 
 
-def start(path: str | os.PathLike, fraction: float = LATE_FRACTION, chunk_bytes: int = CHUNK_BYTES,
+def start(path: str | os.PathLike, fraction: float = FRACTION, chunk_bytes: int = CHUNK_BYTES,
           min_bytes: int = SPLIT_MIN_BYTES) -> Helper | None:
     """Start a helper on the part of `path` after a cut near `fraction`; None when the file is not split."""
     p = Path(path)
@@ -161,7 +164,7 @@ def claim(path: Path) -> Helper | None:
 def helper_for(path: Path, chunk_bytes: int = CHUNK_BYTES, min_bytes: int = SPLIT_MIN_BYTES) -> Helper | None:
     """The helper started early for `path`, else one started now (an even cut), else None."""
     helper = claim(path)
-    if helper is None and start(path, LATE_FRACTION, chunk_bytes, min_bytes) is not None:
+    if helper is None and start(path, FRACTION, chunk_bytes, min_bytes) is not None:
         helper = claim(path)
     return helper
 
