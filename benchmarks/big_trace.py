@@ -155,19 +155,61 @@ print(len(d["traceEvents"]), "events", file=sys.stderr)
 """
 
 
-def measure(cmd: list[str], cwd: Path = REPO) -> dict:
-    """Run `cmd` in a fresh child; its wall time, peak RSS (wait4: this child only) and exit status."""
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux: /proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def _tree_memory(pid: int) -> tuple[float, float]:
+    """(summed RSS, summed PSS) of `pid` and its descendants, in MB. RSS counts a page shared by a
+    forked child in both; PSS splits it between them, so the summed PSS is what the tree holds."""
+    rss = pss = 0
+    for p in _tree(pid):
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1])
+    return rss / 1024, pss / 1024
+
+
+def measure(cmd: list[str], cwd: Path = REPO, tree_memory: bool = False) -> dict:
+    """Run `cmd` in a fresh child; its wall time, peak RSS (wait4: the largest of the child and its
+    children, not their sum) and exit status; with `tree_memory`, the peak summed RSS and PSS of the
+    child and its descendants, sampled every 20 ms (the sampling takes CPU: compare times without it)."""
     t0 = time.perf_counter()
+    peaks = [0.0, 0.0]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:
+            done, status, usage = os.wait4(proc.pid, os.WNOHANG if tree_memory else 0)
+            if done:
+                break
+            rss, pss = _tree_memory(proc.pid)
+            peaks = [max(peaks[0], rss), max(peaks[1], pss)]
+            time.sleep(0.02)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace").strip()
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "rc": proc.returncode,
-            "stderr_tail": stderr.splitlines()[-1] if stderr else ""}
+    out = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+           "rc": proc.returncode, "stderr_tail": stderr.splitlines()[-1] if stderr else ""}
+    if tree_memory:
+        out["tree_rss_mb"], out["tree_pss_mb"] = peaks
+    return out
 
 
 def commands(path: Path) -> dict[str, list[str]]:
@@ -233,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                          "commit): timed as 'baseline' in the same rounds, for a before/after on one machine")
     ap.add_argument("--hta-max-mb", type=float, default=HTA_MAX_MB,
                     help="do not run HTA on a trace larger than this (its memory grows ~5x the file size)")
+    ap.add_argument("--tree-memory", action="store_true",
+                    help="also sample the summed RSS and PSS of each tool's process tree every 20 ms (qtrace's "
+                         "decode helper and forked child included); the sampling takes CPU, so time without it")
     args = ap.parse_args(argv)
 
     out = args.out or Path(tempfile.gettempdir()) / "qtrace-bench" / f"big_int8_trace_{int(args.target_mb)}mb.json"
@@ -271,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     names = list(chosen)
     for r in range(max(1, args.repeat)):
         for name in (names if r % 2 == 0 else names[::-1]):
-            m = measure(chosen[name], cwd[name])
+            m = measure(chosen[name], cwd[name], args.tree_memory)
             runs[name].append(m)
+            tree = (f"  tree RSS {m['tree_rss_mb']:5.0f} MB  tree PSS {m['tree_pss_mb']:5.0f} MB"
+                    if args.tree_memory else "")
             print(f"  round {r + 1}: {name:10s} wall {m['wall_s']:6.2f} s  CPU {m['cpu_s']:6.2f} s  "
-                  f"peak RSS {m['peak_rss_mb']:5.0f} MB  load {os.getloadavg()[0]:.1f}"
+                  f"peak RSS {m['peak_rss_mb']:5.0f} MB{tree}  load {os.getloadavg()[0]:.1f}"
                   + ("" if m["rc"] == 0 else f"  FAILED rc={m['rc']}: {m['stderr_tail']}"), flush=True)
             loads.append(os.getloadavg()[0])
     ok = {n: all(m["rc"] == 0 for m in rs) for n, rs in runs.items()}
@@ -284,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
               f"CPU {_spread([m['cpu_s'] for m in rs], 's')}   "
               f"peak RSS {_spread([m['peak_rss_mb'] for m in rs], 'MB', '{:.0f}')}   {status}  ({len(rs)} rounds)",
               flush=True)
+        if args.tree_memory:
+            print(f"{'':10s} process tree: summed RSS {_spread([m['tree_rss_mb'] for m in rs], 'MB', '{:.0f}')}, "
+                  f"summed PSS {_spread([m['tree_pss_mb'] for m in rs], 'MB', '{:.0f}')}", flush=True)
     print(f"load average (1 min) over the rounds: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs"
           + ("; other work competed: CPU seconds are the steadier figure" if max(loads) > 1.5 else ""))
     q = runs.get("qtrace")

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from qtrace.analyzers.attribution import runtime_phases
+from qtrace.analyzers.attribution import gpu_phases
 from qtrace.analyzers.host import host_summary, step_table
 from qtrace.analyzers.kernels import kernel_table
 from qtrace.analyzers.phases import coverage, gpu_time_us, phase_table
@@ -102,18 +102,20 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
                   precision: str | None = None, fork_sections: bool = False) -> TraceReport:
     """Every section of the report on `trace`.
 
-    `fork_sections=True` (what `qtrace report` and `compare` pass) computes the roofline section in
-    a forked child while this process does the rest (qtrace.analyzers.forked), for a
+    `fork_sections=True` (what `qtrace report` and `compare` pass) computes the roofline and the
+    backends' sections in a forked child while this process does the rest (qtrace.analyzers.forked), for a
     trace of FORK_MIN_EVENTS to FORK_MAX_EVENTS events; the report is the same either way.
     """
     from qtrace.analyzers import forked, memory
 
     pending = None
     if fork_sections and _fork_worth_it(trace):
-        # What both sides read first, so that neither computes it again (~1 s of the 407 MB trace's
-        # 3.7 s of sections); then the roofline in the child, everything else here: about even halves.
-        runtime_phases(trace)
-        pending = forked.Pending(lambda: _roofline(trace, release=False))
+        # The GPU events' phases first: the roofline reads them and nothing else cached, and every
+        # other section too. Then the roofline and the backends' sections in the child, the rest
+        # here (the runtime calls' phases, memory, the phase table...): even halves, measured on the
+        # 407 MB trace (docs/robustness.md, "Forked sections").
+        gpu_phases(trace)
+        pending = forked.Pending(lambda: _child_sections(trace, release=False))
         if not pending.forked:
             pending = None
     try:
@@ -151,16 +153,22 @@ def _fork_worth_it(trace: Trace) -> bool:
     return FORK_MIN_EVENTS <= events < FORK_MAX_EVENTS and len(trace.gpu) > 0
 
 
-def _roofline(trace: Trace, release: bool = True) -> dict[str, Any]:
+def _child_sections(trace: Trace, release: bool = True) -> dict[str, Any]:
+    """The roofline and each backend's own sections (LLM.int8 outliers), in report order."""
     from qtrace.analyzers import roofline
 
-    section = roofline.roofline_section(trace)  # its phase_fields join each phase record
+    sections: dict[str, Any] = {"roofline": roofline.roofline_section(trace)}  # its phase_fields join each phase record
     if release:
         roofline.release(trace)  # its units are read by no later section (projections load their own trace)
-    return section
+    for backend in BACKENDS:
+        for name, ref in backend.analyses.items():
+            section = resolve(ref)(trace)
+            if section is not None:
+                sections[name] = section
+    return sections
 
 
-def _extra_sections(trace: Trace, memory_section: dict[str, Any], roofline_pending: Any = None) -> dict[str, Any]:
+def _extra_sections(trace: Trace, memory_section: dict[str, Any], pending: Any = None) -> dict[str, Any]:
     """Sections that answer further questions: memory, roofline, and each backend's own (LLM.int8 outliers)."""
     from qtrace.analyzers import devices
 
@@ -168,17 +176,7 @@ def _extra_sections(trace: Trace, memory_section: dict[str, Any], roofline_pendi
     per_device = devices.device_section(trace)  # only for GPU events on two or more devices
     if per_device is not None:
         sections["devices"] = per_device
-    if roofline_pending is None:
-        sections["roofline"] = _roofline(trace)
-    backend_sections = {}
-    for backend in BACKENDS:
-        for name, ref in backend.analyses.items():
-            section = resolve(ref)(trace)
-            if section is not None:
-                backend_sections[name] = section
-    if roofline_pending is not None:  # computed in the child meanwhile
-        sections["roofline"] = roofline_pending.result()
-    sections.update(backend_sections)
+    sections.update(pending.result() if pending is not None else _child_sections(trace))
     return sections
 
 

@@ -12,6 +12,7 @@ import sys
 import click
 
 from qtrace import __version__
+from qtrace.cli import fast_exit
 from qtrace.cli.early_decode import start_early
 from qtrace.errors import QtraceError
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         start_early(sys.argv[1:] if argv is None else list(argv))  # a big trace's helper decodes during the imports
         cli.main(args=argv, prog_name="qtrace", standalone_mode=False)
+        if argv is None:  # the console script: a finished report skips the interpreter's teardown
+            fast_exit.exit_if_requested()
     except QtraceError as exc:
         click.echo(f"qtrace: error: {exc}", err=True)
         sys.exit(exc.exit_code)

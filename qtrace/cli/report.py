@@ -9,6 +9,7 @@ import msgspec
 
 from qtrace.analyzers.ranks import rank_summary
 from qtrace.analyzers.trace_analysis import analyze_target, load_target
+from qtrace.cli import fast_exit
 from qtrace.cli.allocator import return_big_blocks
 from qtrace.fileio import check_out_dir, prepare_out_dir
 from qtrace.reports import trace_report
@@ -63,3 +64,4 @@ def report_cmd(path: str, fmt: str, out_dir: str | None, force: bool, top: int) 
         click.echo(trace_report.render_text(reports))
         if ranks is not None:
             click.echo(trace_report.render_ranks_text(ranks))
+    fast_exit.request()  # all is written: the console script may leave without freeing the tables
