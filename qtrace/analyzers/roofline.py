@@ -363,21 +363,30 @@ def units(trace: Trace) -> pd.DataFrame:
                       for g in range(n_groups)]
     ev["ev_bytes"] = ev_bytes_of[ev["gid"].to_numpy()].tolist()  # a list: pandas infers the dtype as before
     agg["ev_bytes"] = grouped["ev_bytes"].sum(min_count=1)
-    rows_b, rows_f, rows_i, rows_d, rows_l = [], [], [], [], []
-    for g, evb in zip(gid_first, agg["ev_bytes"].to_numpy(), strict=True):
-        w = works[int(g)]
-        if w is None:
-            rows_b.append(np.nan)
-            rows_f.append(np.nan)
-            rows_i.append(np.nan)
-            rows_d.append(None)
-            rows_l.append(None)
-            continue
-        rows_b.append(evb if w.per_event else (w.bytes if w.bytes is not None else np.nan))
-        rows_f.append(w.flops if w.flops is not None else np.nan)
-        rows_i.append(w.int_ops if w.int_ops is not None else np.nan)
-        rows_d.append(w.dtype)
-        rows_l.append(w.link)
+    # Per distinct key, then spread over the units (a unit's values are its first event's key's):
+    # object arrays, so that each column holds the very values (and pandas infers the same dtypes)
+    # that a loop over the units appended.
+    known = np.array([works[g] is not None for g in range(n_groups)], dtype=bool)
+    per_event = np.array([bool(works[g] is not None and works[g].per_event) for g in range(n_groups)], dtype=bool)
+
+    def field(get: Any) -> np.ndarray:
+        values = np.empty(n_groups, dtype=object)
+        values[:] = [get(works[g]) if works[g] is not None else None for g in range(n_groups)]
+        return values
+
+    def or_nan(v: Any) -> Any:
+        return np.nan if v is None else v
+
+    g_units = gid_first.astype(np.int64)
+    unit_known, unit_per_event = known[g_units], per_event[g_units]
+    nan_units = np.full(len(g_units), np.nan, dtype=object)
+    rows_b = np.where(unit_per_event, agg["ev_bytes"].to_numpy().astype(object),
+                      field(lambda w: or_nan(w.bytes))[g_units])
+    rows_b = np.where(unit_known, rows_b, nan_units).tolist()
+    rows_f = np.where(unit_known, field(lambda w: or_nan(w.flops))[g_units], nan_units).tolist()
+    rows_i = np.where(unit_known, field(lambda w: or_nan(w.int_ops))[g_units], nan_units).tolist()
+    rows_d = field(lambda w: w.dtype)[g_units].tolist()
+    rows_l = field(lambda w: w.link)[g_units].tolist()
     agg["bytes"] = rows_b
     agg["flops"] = rows_f
     agg["int_ops"] = rows_i
