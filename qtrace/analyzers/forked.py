@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,8 @@ class Pending:
         self.pid: int | None = None
         self.fd: int | None = None
         self.started = time.monotonic()
-        if not hasattr(os, "fork") or _cores() < 2:
+        # Linux only: elsewhere (macOS) system libraries are not safe to use in a forked child.
+        if not sys.platform.startswith("linux") or _cores() < 2:
             return
         r, w = os.pipe()
         try:
