@@ -25,6 +25,7 @@ for the what-if).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -168,7 +169,7 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
             a = _shape(d, 0)
             b = _shape(d, 2 if decomposed else 1)
             if a:
-                T, K = int(np.prod(a[:-1])) if len(a) > 1 else 1, a[-1]
+                T, K = math.prod(a[:-1]) if len(a) > 1 else 1, a[-1]  # exact ints (np.prod: int64, slower per call)
             if b:
                 N = b[0]
             if decomposed:
@@ -184,7 +185,7 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
         elif c["quant"] is not None:
             a = _shape(_decode(dims_col[c["quant"]]), 0)
             if a:
-                T, K = int(np.prod(a[:-1])) if len(a) > 1 else 1, a[-1]
+                T, K = math.prod(a[:-1]) if len(a) > 1 else 1, a[-1]  # exact ints (np.prod: int64, slower per call)
         module, module_class = _module_of(names, parent, anchor)
         m = _LAYER_RE.search(module or "")
         rows.append({
