@@ -68,7 +68,7 @@ def test_small_traces_and_library_calls_do_not_fork(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(forked.Pending, "__init__", lambda self, fn: started.append(1) or real_init(self, fn))
     trace = load_trace(ROOT / "traces" / "h100_qwen05-shape_int8_bs1_seq128.json.gz")
     ta.analyze_trace(trace)  # a library call: never forks
-    ta.analyze_trace(trace, fork_sections=True)  # a few hundred kB: below FORK_MIN_EVENTS
+    ta.analyze_trace(trace, fork_sections=True)  # 60k events: below FORK_MIN_EVENTS
     assert started == []
 
 

@@ -5,11 +5,11 @@ other (the roofline and a backend's own analyses here; memory and the phase tabl
 forked child sees the loaded trace without copying or serializing it (copy-on-write pages),
 computes its sections and sends them back as msgpack (no pickle); this process decodes them.
 
-Only `qtrace report` asks for it (`analyze_trace(..., fork_sections=True)`): a library call never
+Only `qtrace report` and `compare` ask for it (`analyze_trace(..., fork_sections=True)`): a library call never
 forks the caller's process, which may hold a GPU context or threads of its own. Any failure in
 the child (a value msgpack cannot carry, an exception, a signal, no answer within the time limit)
 makes this process compute the sections itself, so the result is the same either way; a test
-holds the two paths to the same report on every committed trace.
+holds the two paths to the same report on 32 committed traces (one per folder and precision).
 """
 
 from __future__ import annotations
@@ -24,18 +24,13 @@ from typing import Any
 
 import msgspec
 
+from qtrace.tracefile.split import usable_cores
+
 # Time the parent waits for the child's answer once its own work is done, at least this many
 # seconds or this many times its own work: a child stuck (a lock held by a thread at fork time)
 # costs a bounded wait, then the in-process computation.
 MIN_WAIT_S = 30.0
 WAIT_FACTOR = 4.0
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class Pending:
@@ -45,9 +40,10 @@ class Pending:
         self.fn = fn
         self.pid: int | None = None
         self.fd: int | None = None
+        self._status: int | None = None  # the child's exit status, once reaped
         self.started = time.monotonic()
         # Linux only: elsewhere (macOS) system libraries are not safe to use in a forked child.
-        if not sys.platform.startswith("linux") or _cores() < 2:
+        if not sys.platform.startswith("linux") or usable_cores() < 2:
             return
         r, w = os.pipe()
         try:
@@ -101,8 +97,6 @@ class Pending:
             except msgspec.DecodeError:
                 pass
         return self.fn()
-
-    _status: int | None = None
 
     def _end(self, kill: bool) -> None:
         if self.fd is not None:

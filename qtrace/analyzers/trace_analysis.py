@@ -113,9 +113,9 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
         # The GPU events' phases first: the roofline reads them and nothing else cached, and every
         # other section too. Then the roofline and the backends' sections in the child, the rest
         # here (the runtime calls' phases, memory, the phase table...): even halves, measured on the
-        # 407 MB trace (docs/robustness.md, "Forked sections").
+        # 407 MB trace (docs/robustness.md, "Early start, forked sections, fast exit").
         gpu_phases(trace)
-        pending = forked.Pending(lambda: _child_sections(trace, release=False))
+        pending = forked.Pending(lambda: _child_sections(trace))
         if not pending.forked:
             pending = None
     try:
@@ -153,13 +153,12 @@ def _fork_worth_it(trace: Trace) -> bool:
     return FORK_MIN_EVENTS <= events < FORK_MAX_EVENTS and len(trace.gpu) > 0
 
 
-def _child_sections(trace: Trace, release: bool = True) -> dict[str, Any]:
+def _child_sections(trace: Trace) -> dict[str, Any]:
     """The roofline and each backend's own sections (LLM.int8 outliers), in report order."""
     from qtrace.analyzers import roofline
 
     sections: dict[str, Any] = {"roofline": roofline.roofline_section(trace)}  # its phase_fields join each phase record
-    if release:
-        roofline.release(trace)  # its units are read by no later section (projections load their own trace)
+    roofline.release(trace)  # its units are read by no later section (projections load their own trace)
     for backend in BACKENDS:
         for name, ref in backend.analyses.items():
             section = resolve(ref)(trace)

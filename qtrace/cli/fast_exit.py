@@ -1,7 +1,8 @@
 """Leave a finished `qtrace report` without tearing down its tables.
 
 After a big trace's report is printed, the interpreter's own exit frees every table, column and
-cached frame one object at a time (~0.3 s on the 407 MB benchmark trace, of ~7 s); the system frees
+cached frame one object at a time (0.8-1.2 s on the 407 MB benchmark trace, 3 alternating runs with and
+without; docs/robustness.md); the system frees
 a process's memory at once. A command that asks for it (`request()`) therefore ends, once its
 output is flushed and the exit handlers have run (the decode helper's, among them), with
 `os._exit` and the exit status it would have had: 0. Only the console script does so (`main`

@@ -50,8 +50,9 @@ from qtrace.tracefile.decode import (
 
 SPLIT_MIN_BYTES = 64 << 20  # below this a helper's start-up (~0.1 s) outweighs what it saves
 # This process's share of the events. Even, also when the helper starts before the report's imports
-# (qtrace.cli.early_decode): on the 407 MB trace a 0.4 or 0.45 share left this process waiting
-# 0.1-0.7 s for the helper, 0.5 never (docs/robustness.md, "Early start").
+# (qtrace.cli.early_decode): 0.40, 0.45, 0.55 and 0.60 were tried on the 407 MB trace and the
+# run-to-run spread (about 0.4 s) hid any difference (docs/robustness.md, "Early start, forked
+# sections, fast exit").
 FRACTION = 0.5
 _WINDOW = 1 << 20  # bytes read around a planned cut to find an event boundary
 _HEADER_LIMIT = 1 << 20  # a header longer than this: no split (Kineto's is a few kB)
@@ -82,7 +83,8 @@ class Helper:
 _STARTED: dict[str, Helper] = {}
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity where the system says, else all)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -93,7 +95,7 @@ def plan(path: Path, fraction: float, min_bytes: int = SPLIT_MIN_BYTES) -> tuple
     """(header_end, close, start) of a cut near `fraction` of the file, or None when it is not split."""
     try:
         size = path.stat().st_size
-        if size < max(min_bytes, 2 * _WINDOW) or _cores() < 2:
+        if size < max(min_bytes, 2 * _WINDOW) or usable_cores() < 2:
             return None
         with open(path, "rb") as fh:
             head = fh.read(_HEADER_LIMIT)
