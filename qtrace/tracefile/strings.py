@@ -25,14 +25,33 @@ _ARROW_STR = (pa is not None and isinstance(_STR_DTYPE, pd.StringDtype) and _STR
               and _STR_DTYPE.na_value is np.nan)
 
 
+# Above this mean row length a join builds the column faster than Arrow's take (measured on the
+# 407 MB benchmark trace: kernel names 0.10-0.15 s by take, 0.024 s joined; op names of ~15 bytes
+# 0.05 s either way, categories and threads 5 ms by take, 40 ms joined).
+_JOIN_MIN_ROW_BYTES = 64
+
+
 def text_column(codes: np.ndarray, texts: np.ndarray) -> Any:
     """``pd.array(texts[codes], dtype=str)`` for codes (all >= 0) into `texts` (an object array of str)."""
     if not _ARROW_STR:
         return pd.array(texts[codes], dtype=str)
     encoded = [t.encode() for t in texts]  # a lone surrogate raises UnicodeEncodeError here, as pandas would
-    # Arrow's take writes the rows' bytes in C, into buffers of their exact size (4x the joins it replaces).
-    dictionary = pa.array(encoded, type=pa.large_binary())
-    arr = dictionary.take(pa.array(np.asarray(codes))).view(pa.large_string())
+    codes = np.asarray(codes)
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    row_bytes = lengths[codes]
+    if len(codes) and row_bytes.sum() > _JOIN_MIN_ROW_BYTES * len(codes):
+        # Long texts (kernel names, ~280 bytes a row): the offsets from a cumulative sum and the rows'
+        # bytes joined into one buffer of its exact size, 4-6x faster than Arrow's take on them.
+        offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+        np.cumsum(row_bytes, out=offsets[1:])
+        rows = np.empty(len(encoded), dtype=object)
+        rows[:] = encoded
+        data = b"".join(rows[codes].tolist())
+        arr = pa.LargeStringArray.from_buffers(len(codes), pa.py_buffer(offsets), pa.py_buffer(data))
+    else:
+        # Short texts: Arrow's take writes the rows' bytes in C, into buffers of their exact size.
+        dictionary = pa.array(encoded, type=pa.large_binary())
+        arr = dictionary.take(pa.array(codes)).view(pa.large_string())
     return pd.arrays.ArrowStringArray(pa.chunked_array([arr], type=pa.large_string()), dtype=_STR_DTYPE)
 
 
