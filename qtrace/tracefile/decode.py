@@ -26,6 +26,11 @@ import numpy as np
 from qtrace.errors import TraceFormatError
 from qtrace.tracefile.blocks import BlockColumn, CodeTable
 
+try:  # the C scanner (_kineto_scan.c), which pip builds where a C compiler is found
+    from qtrace.tracefile import _kineto_scan
+except ImportError:  # not built: every chunk goes through msgspec (the same tables, slower)
+    _kineto_scan = None
+
 HOST_RANGE_CATS = ("cpu_op", "user_annotation", "python_function")
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -270,6 +275,10 @@ def _decode_into(cols: _Columns, buf: bytearray, end: int) -> bool:
     """Decode buf[:end] (a JSON array of events) into `cols`, without copying; False if it does not decode."""
     mv = memoryview(buf)
     piece = mv[:end]
+    if cols.scan(piece):
+        piece.release()
+        mv.release()
+        return True
     try:
         events = _EVENTS_DECODER.decode(piece)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
@@ -370,6 +379,7 @@ def _stream_decode_blocks(blocks: Iterator[bytes], chunk_bytes: int,
         tried += 1
         if _decode_into(cols, buf, pos + 1):
             break
+    cols.flush()
     if rest_out is not None:
         rest_out.append(bytes(buf[pos + 1:]))
     return cols, _metadata_of(top)
@@ -404,13 +414,62 @@ class _Columns:
     """The four tables' columns, appended chunk by chunk (qtrace.tracefile.blocks); texts and shapes
     as codes into tables of their distinct values."""
 
-    def __init__(self) -> None:
+    def __init__(self, scanner: bool = True) -> None:
         self.pieces: dict[str, dict[str, BlockColumn]] = {
             t: {c: BlockColumn(_piece_dtype(c)) for c in columns} for t, columns in _TABLE_COLUMNS.items()}
         self.texts = CodeTable()
         self.raws = CodeTable()
         self.raws.add(b"", None)  # no shapes recorded: None
         self.other_cats: dict[str, int] = {}
+        # The C scanner's own texts and raw values are numbered in its order: these map them to ours.
+        self.scanner = _kineto_scan.Scanner(_SCAN_KIND_OF, _COUNTED_CATS) if scanner and _SCANNER_OK else None
+        self._scan_texts: list[str] = []
+        self._text_of_scan = np.zeros(0, dtype=np.int32)
+        self._raw_of_scan = np.zeros(0, dtype=np.int32)
+
+    def scan(self, piece: Any) -> bool:
+        """Append a chunk (a JSON array of events) through the C scanner; False when it does not read
+        it (no scanner, or a chunk only msgspec reads or refuses): then nothing of it was appended."""
+        if self.scanner is None:
+            return False
+        held = self.scanner.scan(piece)
+        if held < 0:
+            self.flush()  # the rows before this chunk first: msgspec appends this one's next
+            return False
+        if held >= _SCAN_HOLD_BYTES:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Append the rows the C scanner holds to the columns (in file order, before any later chunk's)."""
+        if self.scanner is None:
+            return
+        new_texts, new_raws, tables, other = self.scanner.take()
+        if new_texts:
+            texts = [t.decode() for t in new_texts]  # valid UTF-8: the scanner checked it
+            code_of, table = self.texts.code_of, self.texts
+            codes = [code_of[t] if t in code_of else table.add(t, t) for t in texts]
+            self._scan_texts.extend(texts)
+            self._text_of_scan = np.append(self._text_of_scan, np.array(codes, dtype=np.int32))
+        if new_raws:
+            code_of, table = self.raws.code_of, self.raws
+            codes = [code_of[r] if r in code_of else table.add(r, r) for r in new_raws]
+            self._raw_of_scan = np.append(self._raw_of_scan, np.array(codes, dtype=np.int32))
+        for table, columns in zip(_SCAN_TABLES, tables, strict=True):
+            if not columns[0]:
+                continue
+            out = self.pieces[table]
+            for c, data in zip(_TABLE_COLUMNS[table], columns, strict=True):
+                if c in RAW_COLS:
+                    arr = self._raw_of_scan[np.frombuffer(data, dtype=np.int32)]
+                elif c in _STR_COLS:
+                    arr = self._text_of_scan[np.frombuffer(data, dtype=np.int32)]
+                else:
+                    arr = np.frombuffer(data, dtype=_piece_dtype(c))
+                out[c].append(arr)
+        for code, k in other.items():
+            cat = self._scan_texts[code]
+            self.other_cats[cat] = self.other_cats.get(cat, 0) + k
 
     def _str(self, values: list) -> np.ndarray:
         table = self.texts
@@ -432,6 +491,7 @@ class _Columns:
         return np.fromiter(map(code_of.__getitem__, vals), dtype=np.int32, count=len(vals))
 
     def add(self, events: list[_Event]) -> None:
+        self.flush()  # rows the C scanner holds come first
         if not events:
             return
         kind_of = _X_KIND.get
@@ -501,6 +561,26 @@ _TABLE_KINDS = (("gpu", _KIND_GPU), ("host", _KIND_HOST), ("runtime", _KIND_RUNT
 _get_ts = operator.attrgetter("ts")
 _ARG_GETTERS = {t: [(c, operator.attrgetter((_MEM_ARG_FIELD if t == "memory" else _ARG_FIELD)[c]))
                     for c in cols if c in _ARG_FIELD] for t, cols in _TABLE_COLUMNS.items()}
+
+
+# What the C scanner is told: the table (in its order, _SCAN_TABLES) that a complete event of each
+# category goes to, and the categories it counts. Its column layout is checked against ours, so a
+# stale build is not used.
+_SCAN_TABLES = ("gpu", "host", "runtime", "memory")
+# Rows the scanner holds before they are appended here: few appends per column, and its buffers stay
+# small enough to be reused rather than handed back and mapped again.
+_SCAN_HOLD_BYTES = 4 << 20
+_SCAN_KIND_OF = {cat: _SCAN_TABLES.index(next(t for t, k in _TABLE_KINDS if k == kind))
+                 for cat, kind in _X_KIND.items()}
+
+
+def _layout(table: str) -> str:
+    return "".join("R" if c in RAW_COLS else "T" if c in _STR_COLS else "F" if c in ("ts", "dur") else "I"
+                   for c in _TABLE_COLUMNS[table])
+
+
+_SCANNER_OK = _kineto_scan is not None and all(
+    getattr(_kineto_scan, f"TABLE_LAYOUT_{t.upper()}", None) == _layout(t) for t in _SCAN_TABLES)
 
 
 def _gpu_device(a: _Args) -> Any:
