@@ -7,6 +7,7 @@ equals ``[bool(pred(v)) for v in values]``, each calling the function once per d
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +30,35 @@ def shared_objects(values: pd.Series | pd.Index) -> np.ndarray:
 
 def string_codes(values: pd.Series | pd.Index) -> tuple[np.ndarray, np.ndarray]:
     """A string column's own codes and its distinct values as Python strings (a string column
-    holds no None beside NaN)."""
+    holds no None beside NaN). Both read-only: the result is kept for the column's Arrow data,
+    which several analyzers factorize (a trace's op names five times per report)."""
+    arrow = getattr(getattr(values, "array", None), "_pa_array", None)  # pandas' Arrow-backed str columns
+    if arrow is not None:
+        hit = _CODES.get(id(arrow))
+        if hit is not None and hit[0]() is arrow:
+            return hit[1], hit[2]
     codes, uniq = pd.factorize(values, use_na_sentinel=False)
-    return codes, np.asarray(uniq, dtype=object)
+    uniq = np.asarray(uniq, dtype=object)
+    if arrow is not None:
+        try:
+            ref = weakref.ref(arrow, _forget)
+        except TypeError:  # not weak-referable in this pyarrow: no cache
+            return codes, uniq
+        codes = codes.astype(np.int32) if len(uniq) < 2**31 else codes  # half the bytes while cached
+        codes.flags.writeable = False
+        uniq.flags.writeable = False
+        _CODES[id(arrow)] = (ref, codes, uniq)
+    return codes, uniq
+
+
+# id of an Arrow array -> (weak reference to it, codes, distinct values); an entry goes with its array.
+_CODES: dict[int, tuple[weakref.ref, np.ndarray, np.ndarray]] = {}
+
+
+def _forget(ref: weakref.ref) -> None:
+    for key, entry in list(_CODES.items()):
+        if entry[0] is ref:
+            del _CODES[key]
 
 
 PYTHON_STR = pd.StringDtype("python", na_value=np.nan)

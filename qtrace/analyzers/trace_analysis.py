@@ -111,11 +111,12 @@ def analyze_trace(trace: Trace, top: int = 15, measured: dict[str, Any] | None =
     pending = None
     if fork_sections and _fork_worth_it(trace):
         # The GPU events' phases first: the roofline reads them and nothing else cached, and every
-        # other section too. Then the roofline and the backends' sections in the child, the rest
-        # here (the runtime calls' phases, memory, the phase table...): even halves, measured on the
-        # 407 MB trace (docs/robustness.md, "Early start, forked sections, fast exit").
+        # other section too. Then the roofline in the child, the rest here (memory, the phase table,
+        # the backends' sections, which reuse the op and runtime phases this process computes for
+        # the phase table): measured on the 407 MB trace, the roofline is about half the sections'
+        # work (docs/robustness.md, "A C scanner").
         gpu_phases(trace)
-        pending = forked.Pending(lambda: _child_sections(trace))
+        pending = forked.Pending(lambda: _roofline_sections(trace))
         if not pending.forked:
             pending = None
     try:
@@ -153,12 +154,18 @@ def _fork_worth_it(trace: Trace) -> bool:
     return FORK_MIN_EVENTS <= events < FORK_MAX_EVENTS and len(trace.gpu) > 0
 
 
-def _child_sections(trace: Trace) -> dict[str, Any]:
-    """The roofline and each backend's own sections (LLM.int8 outliers), in report order."""
+def _roofline_sections(trace: Trace) -> dict[str, Any]:
+    """The roofline section (what a forked child computes)."""
     from qtrace.analyzers import roofline
 
     sections: dict[str, Any] = {"roofline": roofline.roofline_section(trace)}  # its phase_fields join each phase record
     roofline.release(trace)  # its units are read by no later section (projections load their own trace)
+    return sections
+
+
+def _backend_sections(trace: Trace) -> dict[str, Any]:
+    """Each backend's own sections (LLM.int8 outliers), in report order."""
+    sections: dict[str, Any] = {}
     for backend in BACKENDS:
         for name, ref in backend.analyses.items():
             section = resolve(ref)(trace)
@@ -175,7 +182,13 @@ def _extra_sections(trace: Trace, memory_section: dict[str, Any], pending: Any =
     per_device = devices.device_section(trace)  # only for GPU events on two or more devices
     if per_device is not None:
         sections["devices"] = per_device
-    sections.update(pending.result() if pending is not None else _child_sections(trace))
+    if pending is None:
+        sections.update(_roofline_sections(trace))
+        sections.update(_backend_sections(trace))
+        return sections
+    backend = _backend_sections(trace)  # here while the child computes the roofline
+    sections.update(pending.result())
+    sections.update(backend)
     return sections
 
 
