@@ -51,3 +51,11 @@ def test_entry_goes_with_its_column() -> None:
     del col
     gc.collect()
     assert key not in distinct._CODES
+
+
+def test_cache_holds_at_most_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(distinct, "CACHE_MAX_BYTES", 0)
+    col = _column()
+    first = distinct.string_codes(col)
+    assert id(col.array._pa_array) not in distinct._CODES
+    assert distinct.string_codes(col)[0] is not first[0]  # factorized again

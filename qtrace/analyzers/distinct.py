@@ -45,10 +45,17 @@ def string_codes(values: pd.Series | pd.Index) -> tuple[np.ndarray, np.ndarray]:
         except TypeError:  # not weak-referable in this pyarrow: no cache
             return codes, uniq
         codes = codes.astype(np.int32) if len(uniq) < 2**31 else codes  # half the bytes while cached
+        if sum(entry[1].nbytes for entry in _CODES.values()) + codes.nbytes > CACHE_MAX_BYTES:
+            return codes, uniq
         codes.flags.writeable = False
         uniq.flags.writeable = False
         _CODES[id(arrow)] = (ref, codes, uniq)
     return codes, uniq
+
+
+# At most this many bytes of codes are kept: all of a 407 MB trace's (14 MB); on the 2 GB trace,
+# whose peak RSS must stay under 1.5 GB, keeping them all added 67 MB (docs/robustness.md).
+CACHE_MAX_BYTES = 16 << 20
 
 
 # id of an Arrow array -> (weak reference to it, codes, distinct values); an entry goes with its array.
