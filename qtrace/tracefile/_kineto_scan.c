@@ -447,6 +447,30 @@ static int num_double(const Num *num, double *out) {
     return 0;
 }
 
+/* An object member's key and the ':' after it; BAIL unless L->p is at a string. */
+static int lex_key(Lex *L, Str *key) {
+    if (L->p >= L->end || *L->p != '"' || lex_string(L, key)) return BAIL;
+    ws(L);
+    if (L->p >= L->end || *L->p != ':') return BAIL;
+    L->p++;
+    ws(L);
+    return 0;
+}
+
+/* After a member or element: 1 when a ',' follows (another comes), 0 when `close` ends the container. */
+static int next_item(Lex *L, unsigned char close) {
+    ws(L);
+    if (L->p >= L->end) return BAIL;
+    if (*L->p == ',') {
+        L->p++;
+        ws(L);
+        return 1;
+    }
+    if (*L->p != close) return BAIL;
+    L->p++;
+    return 0;
+}
+
 static int skip_value(Lex *L);
 
 static int lex_literal(Lex *L, const char *lit) {
@@ -466,26 +490,15 @@ static int skip_container(Lex *L, unsigned char close) {
         return 0;
     }
     for (;;) {
-        if (close == '}') {
-            Str key;
-            if (L->p >= L->end || *L->p != '"' || lex_string(L, &key)) return BAIL;
-            ws(L);
-            if (L->p >= L->end || *L->p != ':') return BAIL;
-            L->p++;
-            ws(L);
-        }
+        Str key;
+        if (close == '}' && lex_key(L, &key)) return BAIL;
         if (skip_value(L)) return BAIL;
-        ws(L);
-        if (L->p >= L->end) return BAIL;
-        if (*L->p == ',') {
-            L->p++;
-            ws(L);
-            continue;
+        int more = next_item(L, close);
+        if (more < 0) return BAIL;
+        if (!more) {
+            L->depth--;
+            return 0;
         }
-        if (*L->p != close) return BAIL;
-        L->p++;
-        L->depth--;
-        return 0;
     }
 }
 
@@ -552,11 +565,7 @@ static int parse_args(Lex *L, Event *ev) {
     }
     for (;;) {
         Str key;
-        if (L->p >= L->end || *L->p != '"' || lex_string(L, &key) || key.esc) return BAIL;
-        ws(L);
-        if (L->p >= L->end || *L->p != ':') return BAIL;
-        L->p++;
-        ws(L);
+        if (lex_key(L, &key) || key.esc) return BAIL;
         int which = arg_index(&key, INT_ARG_KEYS, INT_ARG_LEN, N_INT_ARGS);
         int raw = which < 0 ? arg_index(&key, RAW_ARG_KEYS, RAW_ARG_LEN, N_RAW_ARGS) : -1;
         if (which >= 0) {
@@ -582,17 +591,12 @@ static int parse_args(Lex *L, Event *ev) {
         } else if (skip_value(L)) {
             return BAIL;
         }
-        ws(L);
-        if (L->p >= L->end) return BAIL;
-        if (*L->p == ',') {
-            L->p++;
-            ws(L);
-            continue;
+        int more = next_item(L, '}');
+        if (more < 0) return BAIL;
+        if (!more) {
+            L->depth--;
+            return 0;
         }
-        if (*L->p != '}') return BAIL;
-        L->p++;
-        L->depth--;
-        return 0;
     }
 }
 
@@ -637,11 +641,7 @@ static int parse_event(Lex *L, Event *ev) {
     }
     for (;;) {
         Str key;
-        if (L->p >= L->end || *L->p != '"' || lex_string(L, &key) || key.esc) return BAIL;
-        ws(L);
-        if (L->p >= L->end || *L->p != ':') return BAIL;
-        L->p++;
-        ws(L);
+        if (lex_key(L, &key) || key.esc) return BAIL;
         int f = KEY_IS(&key, "ph") ? F_PH : KEY_IS(&key, "cat") ? F_CAT : KEY_IS(&key, "name") ? F_NAME
               : KEY_IS(&key, "pid") ? F_PID : KEY_IS(&key, "tid") ? F_TID : KEY_IS(&key, "ts") ? F_TS
               : KEY_IS(&key, "dur") ? F_DUR : KEY_IS(&key, "args") ? F_ARGS : -1;
@@ -686,16 +686,8 @@ static int parse_event(Lex *L, Event *ev) {
             rc = skip_value(L);
         }
         if (rc) return BAIL;
-        ws(L);
-        if (L->p >= L->end) return BAIL;
-        if (*L->p == ',') {
-            L->p++;
-            ws(L);
-            continue;
-        }
-        if (*L->p != '}') return BAIL;
-        L->p++;
-        return 0;
+        int more = next_item(L, '}');
+        if (more <= 0) return more;
     }
 }
 
@@ -713,7 +705,6 @@ static const char *TABLE_LAYOUT[N_TABLES] = {
 
 typedef struct {
     Buf col[N_TABLES][MAX_COLS];
-    Py_ssize_t rows[N_TABLES];
 } Out;
 
 typedef struct {
@@ -803,7 +794,6 @@ static int add_row(Scanner *self, Out *out, int table, const Event *ev) {
     Buf *c = out->col[table];
     double dur = ev->has_dur && ev->dur != 0.0 ? ev->dur : 0.0; /* absent, None, -0.0: 0.0 */
     int32_t code;
-    out->rows[table]++;
 #define TEXT(i, expr) do { code = (expr); if (code < 0 || put_i32(&c[i], code)) return NOMEM; } while (0)
 #define INT(i, v) do { if (put_i64(&c[i], (v))) return NOMEM; } while (0)
 #define FLT(i, v) do { if (put_f64(&c[i], (v))) return NOMEM; } while (0)
@@ -915,16 +905,9 @@ static int scan_array(Scanner *self, const unsigned char *p, Py_ssize_t n, Out *
             ev.has_name = ev.name.p != NULL;
             int rc = place(self, out, &ev, other);
             if (rc) return rc;
-            ws(&L);
-            if (L.p >= L.end) return BAIL;
-            if (*L.p == ',') {
-                L.p++;
-                ws(&L);
-                continue;
-            }
-            if (*L.p != ']') return BAIL;
-            L.p++;
-            break;
+            int more = next_item(&L, ']');
+            if (more < 0) return BAIL;
+            if (!more) break;
         }
     }
     ws(&L);
@@ -943,11 +926,9 @@ static Py_ssize_t out_bytes(const Out *out) {
 static PyObject *Scanner_scan(Scanner *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    Py_ssize_t len[N_TABLES][MAX_COLS], rows[N_TABLES];
-    for (int t = 0; t < N_TABLES; t++) {
-        rows[t] = self->out.rows[t];
+    Py_ssize_t len[N_TABLES][MAX_COLS];
+    for (int t = 0; t < N_TABLES; t++)
         for (int c = 0; c < MAX_COLS; c++) len[t][c] = self->out.col[t][c].len;
-    }
     PyObject *other = PyDict_New();
     PyObject *result = NULL;
     int rc = other ? scan_array(self, view.buf, view.len, &self->out, other) : NOMEM;
@@ -969,10 +950,8 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *arg) {
     if (rc == 0) {
         result = PyLong_FromSsize_t(out_bytes(&self->out));
     } else {
-        for (int t = 0; t < N_TABLES; t++) { /* nothing of this chunk is kept */
-            self->out.rows[t] = rows[t];
+        for (int t = 0; t < N_TABLES; t++) /* nothing of this chunk is kept */
             for (int c = 0; c < MAX_COLS; c++) self->out.col[t][c].len = len[t][c];
-        }
         if (rc == BAIL) {
             PyErr_Clear();
             result = PyLong_FromLong(-1);
@@ -1025,7 +1004,6 @@ static PyObject *Scanner_take(Scanner *self, PyObject *Py_UNUSED(ignored)) {
     self->texts.reported = self->texts.n;
     self->raws.reported = self->raws.n;
     for (int t = 0; t < N_TABLES; t++) {
-        self->out.rows[t] = 0;
         for (int c = 0; c < MAX_COLS; c++) {
             Buf *b = &self->out.col[t][c];
             if (b->cap > ((Py_ssize_t)1 << 22)) buf_free(b); /* an unusually big chunk's buffer goes back */

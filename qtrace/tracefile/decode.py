@@ -423,7 +423,6 @@ class _Columns:
         self.other_cats: dict[str, int] = {}
         # The C scanner's own texts and raw values are numbered in its order: these map them to ours.
         self.scanner = _kineto_scan.Scanner(_SCAN_KIND_OF, _COUNTED_CATS) if scanner and _SCANNER_OK else None
-        self._scan_texts: list[str] = []
         self._text_of_scan = np.zeros(0, dtype=np.int32)
         self._raw_of_scan = np.zeros(0, dtype=np.int32)
 
@@ -449,7 +448,6 @@ class _Columns:
             texts = [t.decode() for t in new_texts]  # valid UTF-8: the scanner checked it
             code_of, table = self.texts.code_of, self.texts
             codes = [code_of[t] if t in code_of else table.add(t, t) for t in texts]
-            self._scan_texts.extend(texts)
             self._text_of_scan = np.append(self._text_of_scan, np.array(codes, dtype=np.int32))
         if new_raws:
             code_of, table = self.raws.code_of, self.raws
@@ -468,7 +466,7 @@ class _Columns:
                     arr = np.frombuffer(data, dtype=_piece_dtype(c))
                 out[c].append(arr)
         for code, k in other.items():
-            cat = self._scan_texts[code]
+            cat = self.texts.values[self._text_of_scan[code]]
             self.other_cats[cat] = self.other_cats.get(cat, 0) + k
 
     def _str(self, values: list) -> np.ndarray:
