@@ -13,11 +13,11 @@ import re
 import numpy as np
 import pandas as pd
 
-from qtrace.analyzers.distinct import map_distinct, shared_objects
+from qtrace.analyzers.distinct import mask_distinct, string_codes
 from qtrace.analyzers.phase_rules import MODULE_ANNOTATION_PREFIX, classify, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, backend_for
 from qtrace.tracefile.kineto import Trace
-from qtrace.tracefile.strings import str_column
+from qtrace.tracefile.strings import coded_str_column, str_column
 
 _OPS_CHAIN_DEPTH = 6  # innermost host ops kept in the `ops` context: enough for aten::mm < matmul < linear
 _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
@@ -184,20 +184,54 @@ def _steps_for(trace: Trace, op_rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return table["step"].to_numpy()[rows], table["step_name"].to_numpy(dtype=object)[rows]
 
 
-def _classify_distinct(trace: Trace, op_rows: np.ndarray, kind: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """`classify` of each event's context + kind + kernel, worked out once per distinct combination."""
+def _classify_distinct(trace: Trace, op_rows: np.ndarray, kind: pd.Series,
+                       kernel: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """`classify` of each event's context + kind + kernel (str columns), worked out once per
+    distinct combination: (code of each event's phase, the phases)."""
     if not len(op_rows):
-        return np.zeros(0, dtype=object)
+        return np.zeros(0, dtype=np.int64), []
     ctx_rows = _context_rows(trace, op_rows)
-    kind_code, kinds = pd.factorize(kind, use_na_sentinel=False)
-    kernel_code, kernels = pd.factorize(kernel, use_na_sentinel=False)
+    kind_code, kinds = string_codes(kind)
+    kernel_code, kernels = string_codes(kernel)
     combo = (ctx_rows * max(len(kinds), 1) + kind_code) * max(len(kernels), 1) + kernel_code
     _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
     ctx = _contexts_for(trace, op_rows[first])
-    ctx["kind"] = kind[first]
-    ctx["kernel"] = kernel[first]
+    ctx["kind"] = kinds[kind_code[first]]
+    ctx["kernel"] = kernels[kernel_code[first]]
     ctx["quant_backend"] = quant_backend(trace)
-    return classify(ctx).to_numpy()[inverse.ravel()]
+    code, names = pd.factorize(classify(ctx).to_numpy())
+    return code[inverse.ravel()], list(names)
+
+
+def _code_of(names: list[str], name: str) -> int:
+    """Index of `name` in `names`, appended when missing."""
+    if name not in names:
+        names.append(name)
+    return names.index(name)
+
+
+def _launched_phase(codes: np.ndarray, names: list[str], by: np.ndarray, gpu: pd.DataFrame) -> None:
+    """Give each row that launched GPU work (row `by` of some GPU event) the phase of the first
+    event it launched, in place: `codes` index `names` (extended with the GPU phases it lacks)."""
+    rows = np.flatnonzero(by >= 0)
+    if not len(rows):
+        return
+    launcher, first = np.unique(by[rows], return_index=True)  # each launcher's first event, in GPU order
+    gpu_code, gpu_names = string_codes(gpu["phase"])
+    remap = np.array([_code_of(names, n) for n in gpu_names.tolist()], dtype=np.int64)
+    codes[launcher] = remap[gpu_code[rows[first]]]
+
+
+def _label_columns(df: pd.DataFrame, codes: np.ndarray, names: list[str]) -> None:
+    """`phase` and `group` columns of `df` from phase codes into `names`."""
+    df["phase"] = coded_str_column(codes, names)
+    group_code, groups = pd.factorize(np.array([group_of(n) for n in names], dtype=object))
+    df["group"] = coded_str_column(group_code[codes], list(groups))
+
+
+def _step_name_column(table: pd.DataFrame, ctx_rows: np.ndarray) -> object:
+    code, names = pd.factorize(table["step_name"].to_numpy(dtype=object))
+    return coded_str_column(code[ctx_rows], list(names))
 
 
 def gpu_phases(trace: Trace) -> pd.DataFrame:
@@ -207,13 +241,18 @@ def gpu_phases(trace: Trace) -> pd.DataFrame:
         return cache["gpu_phases"]
     gpu = trace.gpu.copy(deep=False)  # new columns only (copy-on-write)
     op_rows = gpu["op"].to_numpy()
-    # Label columns are built from their few distinct values (str_column): same str dtype, no
-    # resident slack from pandas' Arrow conversion of a million objects.
-    phase = _classify_distinct(trace, op_rows, shared_objects(gpu["cat"]), shared_objects(gpu["name"]))
-    gpu["phase"] = str_column(phase)
-    gpu["group"] = str_column(map_distinct(phase, group_of))
-    step, step_name = _steps_for(trace, op_rows)
-    gpu["step"], gpu["step_name"] = step, str_column(step_name)
+    # Labels are worked out per distinct value and built from codes (coded_str_column): same str
+    # dtype, no Python string per event, and their codes known to the analyzers that factorize them.
+    codes, names = _classify_distinct(trace, op_rows, gpu["cat"], gpu["name"])
+    _label_columns(gpu, codes, names)
+    if len(trace.ops):
+        table, _ = _context_table(trace)
+        ctx_rows = _context_rows(trace, op_rows)
+        gpu["step"] = table["step"].to_numpy()[ctx_rows]
+        gpu["step_name"] = _step_name_column(table, ctx_rows)
+    else:
+        step, step_name = _steps_for(trace, op_rows)
+        gpu["step"], gpu["step_name"] = step, str_column(step_name)
     cache["gpu_phases"] = gpu
     return gpu
 
@@ -235,19 +274,19 @@ def op_phases(trace: Trace) -> pd.DataFrame:
     distinct["kind"] = "cpu_op"
     distinct["kernel"] = ""
     distinct["quant_backend"] = quant_backend(trace)
-    phase = pd.Series(classify(distinct).to_numpy()[ctx_of], index=ops.index, dtype=object)
+    ctx_code, ctx_names = pd.factorize(classify(distinct).to_numpy())
+    codes, names = ctx_code[ctx_of].astype(np.int64), list(ctx_names)
     gpu = gpu_phases(trace)
-    # Filters take only the columns they read (a filtered copy of a whole table copies its names).
-    launched = gpu.loc[gpu["op"] >= 0, ["op", "phase"]].drop_duplicates("op", keep="first")
-    phase.loc[launched["op"].to_numpy()] = launched["phase"].to_numpy()
+    _launched_phase(codes, names, gpu["op"].to_numpy(), gpu)
     # Annotations carry no work of their own beyond Python between ops: keep them out of phases.
-    phase[shared_objects(ops["cat"]) != "cpu_op"] = "other"
-    ops["phase"] = str_column(phase.to_numpy())
-    ops["group"] = str_column(map_distinct(phase.to_numpy(), group_of))
+    if len(ops):
+        cat_code, cats = string_codes(ops["cat"])
+        codes[(cats != "cpu_op")[cat_code]] = _code_of(names, "other")
+    _label_columns(ops, codes, names)
     child_time = ops.loc[ops["parent"] >= 0, ["parent", "dur"]].groupby("parent")["dur"].sum()
     ops["self_us"] = (ops["dur"] - child_time.reindex(ops.index, fill_value=0.0)).clip(lower=0.0)
     ops["step"] = table["step"].to_numpy()[ctx_of]
-    ops["step_name"] = str_column(table["step_name"].to_numpy(dtype=object)[ctx_of])
+    ops["step_name"] = _step_name_column(table, ctx_of)
     cache["op_phases"] = ops
     return ops
 
@@ -259,25 +298,34 @@ def runtime_phases(trace: Trace) -> pd.DataFrame:
         return cache["runtime_phases"]
     rt = trace.runtime.copy(deep=False)  # new columns only (copy-on-write)
     ops = op_phases(trace)
-    # Shared strings: to_numpy of the Arrow column made one Python string per op (~150 MB at 2 GB).
-    op_phase = shared_objects(ops["phase"])
+    # A call takes its op's phase ("other" outside any op), as codes into the ops' phases.
+    op_code, op_names = string_codes(ops["phase"])
+    names = list(op_names.tolist())
     rt_op = rt["op"].to_numpy()
-    phase = np.where(rt_op >= 0, op_phase[np.clip(rt_op, 0, None)] if len(op_phase) else "other", "other")
+    other = _code_of(names, "other")
+    codes = np.full(len(rt), other, dtype=np.int64)
+    has = rt_op >= 0
+    if len(op_code):
+        codes[has] = op_code[rt_op[has]]
     gpu = gpu_phases(trace)
-    launched = gpu.loc[gpu["runtime"] >= 0, ["runtime", "phase"]].drop_duplicates("runtime", keep="first")
-    phase = pd.Series(phase, index=rt.index, dtype=object)
-    phase.loc[launched["runtime"].to_numpy()] = launched["phase"].to_numpy()
-    rt["phase"] = str_column(phase.to_numpy())
-    rt["group"] = str_column(map_distinct(phase.to_numpy(), group_of))
-    rt["is_launch"] = rt.index.isin(launched["runtime"].to_numpy())
+    by = gpu["runtime"].to_numpy()
+    _launched_phase(codes, names, by, gpu)
+    _label_columns(rt, codes, names)
+    launched = np.unique(by[by >= 0])
+    rt["is_launch"] = rt.index.isin(launched)
     # A cudaMemcpyAsync blocks the host when host memory is pageable (the runtime stages it).
-    pageable = gpu.loc[(gpu["runtime"] >= 0) & gpu["name"].astype(str).str.contains("Pageable", regex=False), "runtime"]
+    pageable = by[(by >= 0) & mask_distinct(gpu["name"], lambda n: "Pageable" in str(n))]
     lo, hi = window(trace)
     inside = (rt["ts"] >= lo) & (rt["ts"] <= hi)
     rt["is_sync"] = inside & (rt["name"].isin(SYNC_CALLS) | (rt["name"].isin(ASYNC_COPY_CALLS)
                                                             & rt.index.isin(pageable)))
     step, step_name = _steps_for(trace, rt_op)
-    rt["step"], rt["step_name"] = step, str_column(step_name)
+    rt["step"] = step
+    if len(trace.ops):
+        table, _ = _context_table(trace)
+        rt["step_name"] = _step_name_column(table, _context_rows(trace, rt_op))
+    else:
+        rt["step_name"] = str_column(step_name)
     cache["runtime_phases"] = rt
     return rt
 

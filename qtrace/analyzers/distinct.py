@@ -7,12 +7,13 @@ equals ``[bool(pred(v)) for v in values]``, each calling the function once per d
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from qtrace.tracefile.strings import known_codes, remember_codes
 
 
 def shared_objects(values: pd.Series | pd.Index) -> np.ndarray:
@@ -30,42 +31,19 @@ def shared_objects(values: pd.Series | pd.Index) -> np.ndarray:
 
 def string_codes(values: pd.Series | pd.Index) -> tuple[np.ndarray, np.ndarray]:
     """A string column's own codes and its distinct values as Python strings (a string column
-    holds no None beside NaN). Both read-only: the result is kept for the column's Arrow data,
-    which several analyzers factorize (a trace's op names five times per report)."""
+    holds no None beside NaN). Both read-only when kept: the result is kept for the column's Arrow
+    data (qtrace.tracefile.strings.remember_codes), and a column loaded or labelled from codes
+    has it from the start."""
     arrow = getattr(getattr(values, "array", None), "_pa_array", None)  # pandas' Arrow-backed str columns
     if arrow is not None:
-        hit = _CODES.get(id(arrow))
-        if hit is not None and hit[0]() is arrow:
-            return hit[1], hit[2]
+        hit = known_codes(arrow)
+        if hit is not None:
+            return hit
     codes, uniq = pd.factorize(values, use_na_sentinel=False)
     uniq = np.asarray(uniq, dtype=object)
     if arrow is not None:
-        try:
-            ref = weakref.ref(arrow, _forget)
-        except TypeError:  # not weak-referable in this pyarrow: no cache
-            return codes, uniq
-        codes = codes.astype(np.int32) if len(uniq) < 2**31 else codes  # half the bytes while cached
-        if sum(entry[1].nbytes for entry in _CODES.values()) + codes.nbytes > CACHE_MAX_BYTES:
-            return codes, uniq
-        codes.flags.writeable = False
-        uniq.flags.writeable = False
-        _CODES[id(arrow)] = (ref, codes, uniq)
+        return remember_codes(arrow, codes, uniq)
     return codes, uniq
-
-
-# At most this many bytes of codes are kept: all of a 407 MB trace's (14 MB); on the 2 GB trace,
-# whose peak RSS must stay under 1.5 GB, keeping them all added 67 MB (docs/robustness.md).
-CACHE_MAX_BYTES = 16 << 20
-
-
-# id of an Arrow array -> (weak reference to it, codes, distinct values); an entry goes with its array.
-_CODES: dict[int, tuple[weakref.ref, np.ndarray, np.ndarray]] = {}
-
-
-def _forget(ref: weakref.ref) -> None:
-    for key, entry in list(_CODES.items()):
-        if entry[0] is ref:
-            del _CODES[key]
 
 
 PYTHON_STR = pd.StringDtype("python", na_value=np.nan)

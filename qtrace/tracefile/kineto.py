@@ -153,7 +153,8 @@ def load_trace(path: str | os.PathLike, *, stream: bool = True, chunk_bytes: int
 
 
 def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: np.ndarray,
-               raws: np.ndarray) -> pd.DataFrame:
+               raws: np.ndarray, keep_codes: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The table of `pieces`; the text codes of its pid and tid columns go into `keep_codes`."""
     n = len(pieces["ts"])
     if n == 0:
         # The dtypes a non-empty table has (pandas would make float64 columns of empty lists, and the
@@ -167,6 +168,8 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: 
         values = pieces.pop(c).build()
         if c in _STR_COLS:
             data[c] = text_column(values, texts)
+            if keep_codes is not None and c in ("pid", "tid"):
+                keep_codes[c] = values
         elif c in RAW_COLS:
             data[c] = raws[values]  # the interned shapes themselves, equal values one object
         elif c in ("ts", "dur"):
@@ -179,23 +182,29 @@ def _raw_frame(columns: tuple[str, ...], pieces: dict[str, BlockColumn], texts: 
     return pd.DataFrame(data, copy=False)
 
 
-def _frames(cols: _Columns) -> dict[str, pd.DataFrame]:
-    """Raw DataFrames (absolute ts, no `end` yet). Consumes the pieces: each column's blocks are
+def _frames(cols: _Columns) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+    """Raw DataFrames (absolute ts, no `end` yet), and a thread key per host range, runtime call
+    and memory event (in that order; `_thread_keys`). Consumes the pieces: each column's blocks are
     released as soon as its array is built, so a big trace never holds both whole."""
     out = {}
     texts = np.empty(len(cols.texts.values), dtype=object)
     texts[:] = cols.texts.values
     raws = np.empty(len(cols.raws.values), dtype=object)
     raws[:] = cols.raws.values
+    codes: dict[str, dict[str, np.ndarray]] = {}
     for t in _TABLE_COLUMNS:
-        out[t] = _raw_frame(_TABLE_COLUMNS[t], cols.pieces[t], texts, raws)
+        codes[t] = {}
+        out[t] = _raw_frame(_TABLE_COLUMNS[t], cols.pieces[t], texts, raws, codes[t])
         cols.pieces[t] = {}
-    return out
+    threaded = ("host", "runtime", "memory")
+    keys = _thread_keys(*(np.concatenate([codes[t].get(c, np.zeros(len(out[t]), np.int64)) for t in threaded])
+                          for c in ("pid", "tid")), texts)
+    return out, keys
 
 
 
 def build_trace(cols: _Columns, source: str, metadata: dict[str, Any]) -> Trace:
-    frames = _frames(cols)
+    frames, thread_key = _frames(cols)
     other = dict(cols.other_cats)
     del cols
     if not len(frames["host"]) and not len(frames["gpu"]) and not len(frames["runtime"]):
@@ -207,7 +216,7 @@ def build_trace(cols: _Columns, source: str, metadata: dict[str, Any]) -> Trace:
     starts = [float(df["ts"].min()) for df in frames.values() if len(df)]
     base = float(min(starts)) if starts else 0.0
     ops, runtime, gpu, memory = (_finish(frames[k], base) for k in ("host", "runtime", "gpu", "memory"))
-    _nest(ops, runtime, memory)
+    _nest(ops, runtime, memory, thread_key)
     _link_gpu(gpu, runtime)
     for df in (ops, runtime, gpu, memory):
         df.attrs["source"] = source
@@ -249,32 +258,40 @@ def _finish(df: pd.DataFrame, base: float) -> pd.DataFrame:
 _EPS = 1e-3  # tolerance for the float rounding of µs timestamps (Kineto writes 3 decimals)
 
 
-def _thread_keys(tables: list[pd.DataFrame]) -> np.ndarray:
-    """One integer per event of `tables` (concatenated) naming its thread, as the string pid + "/" + tid would."""
-    # Codes of each table's own column, joined over the tables' distinct values (to_numpy would
-    # make one Python string per row of an Arrow column).
-    pid_code, pid_uniq = _joint_codes([df["pid"] for df in tables])
-    tid_code, tid_uniq = _joint_codes([df["tid"] for df in tables])
-    pair_uniq, pair_code = np.unique(pid_code.astype(np.int64) * len(tid_uniq) + tid_code, return_inverse=True)
-    # Key on the joined text, like a join would (so "1/2" + "3" and "1" + "2/3" are one thread, as before).
-    text = [f"{pid_uniq[q // len(tid_uniq)]}/{tid_uniq[q % len(tid_uniq)]}" for q in pair_uniq.tolist()]
-    key_of_pair = pd.factorize(np.array(text, dtype=object))[0]
-    return key_of_pair[pair_code.ravel()]
+def _thread_keys(pid: np.ndarray, tid: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """One integer per event naming its thread, from the decoder's codes of its pid and tid texts:
+    events whose pid + "/" + tid texts are equal get one key (so "1/2" + "3" and "1" + "2/3" are
+    one thread, as a join of the texts would have it)."""
+    if not len(pid):
+        return np.zeros(0, dtype=np.int64)
+    # Each column's used codes numbered densely (a trace has a few pids and tids among thousands of
+    # texts), then each distinct pair's text factorized: a few hundred strings, not one per event.
+    pid_used = np.flatnonzero(np.bincount(pid, minlength=len(texts)))
+    tid_used = np.flatnonzero(np.bincount(tid, minlength=len(texts)))
+    dense = np.zeros(len(texts), dtype=np.int64)
+    dense[pid_used] = np.arange(len(pid_used))
+    pair = dense[pid] * len(tid_used)
+    dense[:] = 0
+    dense[tid_used] = np.arange(len(tid_used))
+    pair += dense[tid]
+    del dense
+    n_pairs = len(pid_used) * len(tid_used)
+    table = n_pairs <= 4 * len(pair)  # a lookup table of every (pid, tid) pair costs no more than the events
+    if table:
+        used = np.flatnonzero(np.bincount(pair, minlength=n_pairs))
+    else:
+        used, pair = np.unique(pair, return_inverse=True)
+    q, r = np.divmod(used, len(tid_used))
+    text = [f"{texts[p]}/{texts[t]}" for p, t in zip(pid_used[q].tolist(), tid_used[r].tolist(), strict=True)]
+    key_of_used = pd.factorize(np.array(text, dtype=object))[0]
+    if not table:
+        return key_of_used[pair.ravel()]
+    lookup = np.zeros(n_pairs, dtype=np.int64)
+    lookup[used] = key_of_used
+    return lookup[pair]
 
 
-def _joint_codes(columns: list[pd.Series]) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, distinct values) of the columns concatenated, as pd.factorize of the joined values gives."""
-    parts = [pd.factorize(c) for c in columns]
-    uniq = np.concatenate([np.asarray(u, dtype=object) for _, u in parts])
-    code_of, joint = pd.factorize(uniq)
-    code_of = np.append(code_of, -1)  # what a missing value's clipped index may reach
-    offsets = np.cumsum([0] + [len(u) for _, u in parts])[:-1]
-    codes = [np.where(c >= 0, code_of[np.clip(c, 0, None) + off], -1)
-             for (c, _), off in zip(parts, offsets, strict=True)]
-    return np.concatenate(codes), np.asarray(joint, dtype=object)
-
-
-def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> None:
+def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame, key: np.ndarray) -> None:
     """Give each host range its parent, and each runtime call / memory event its innermost range.
 
     Ranges on one thread are properly nested in Kineto output; a sweep with a stack of open
@@ -291,13 +308,12 @@ def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame) -> Non
     mem_op = np.full(n_mem, -1, dtype=np.int64)
     total = n_ops + n_rt + n_mem
     if total:
-        key = _thread_keys([ops, runtime, memory])
         op_end = ops["end"].to_numpy(dtype=np.float64)
         ts = np.concatenate([df["ts"].to_numpy(dtype=np.float64) for df in (ops, runtime, memory)])
         end = np.concatenate([op_end, runtime["end"].to_numpy(dtype=np.float64),
                               memory["ts"].to_numpy(dtype=np.float64)])
         kind = np.concatenate([np.zeros(n_ops, np.int8), np.ones(n_rt, np.int8), np.full(n_mem, 2, np.int8)])
-        order = np.lexsort((np.arange(total), -end, kind, ts, key))
+        order = np.lexsort((-end, kind, ts, key))  # stable: equal keys keep file order
         del end
         is_range = kind[order] == 0
         key_sorted = key[order]

@@ -9,6 +9,7 @@ same dtype and values as ``pd.array(values, dtype=str)``.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,22 @@ def text_column(codes: np.ndarray, texts: np.ndarray) -> Any:
         # Short texts: Arrow's take writes the rows' bytes in C, into buffers of their exact size.
         dictionary = pa.array(encoded, type=pa.large_binary())
         arr = dictionary.take(pa.array(codes)).view(pa.large_string())
-    return pd.arrays.ArrowStringArray(pa.chunked_array([arr], type=pa.large_string()), dtype=_STR_DTYPE)
+    chunked = pa.chunked_array([arr], type=pa.large_string())
+    _remember_own_codes(chunked, codes, texts)
+    return pd.arrays.ArrowStringArray(chunked, dtype=_STR_DTYPE)
+
+
+def coded_str_column(codes: np.ndarray, names: Any) -> Any:
+    """``str_column(names[codes])`` for codes (all >= 0) into distinct strings `names`, without a
+    Python object per row (the labels an analyzer works out per distinct value)."""
+    texts = np.empty(len(names), dtype=object)
+    texts[:] = list(names)
+    if not _ARROW_STR or not len(codes):
+        return texts[codes]
+    try:
+        return text_column(codes, texts)
+    except UnicodeEncodeError:  # a lone surrogate: as str_column, the values for pandas to refuse
+        return texts[codes]
 
 
 def str_column(values: np.ndarray) -> Any:
@@ -69,3 +85,69 @@ def str_column(values: np.ndarray) -> Any:
         return text_column(codes, texts)
     except UnicodeEncodeError:  # a lone surrogate: pandas raises its own error
         return values
+
+
+# --- Codes of str columns, kept per Arrow array ---------------------------------------------
+# Several analyzers factorize the same columns (a trace's op names five times per report): the
+# codes are kept per Arrow array, and a column built here from codes starts with them known.
+
+# At most this many bytes of codes are kept: a 407 MB trace's loaded and labelled columns fill
+# 15 MB of it; on the 2 GB trace, whose peak RSS must stay under 1.5 GB, keeping every column's
+# added 67 MB (docs/robustness.md).
+CACHE_MAX_BYTES = 16 << 20
+
+# id of an Arrow array -> (weak reference to it, codes, distinct values); an entry goes with its array.
+_CODES: dict[int, tuple[weakref.ref, np.ndarray, np.ndarray]] = {}
+
+
+def known_codes(arrow: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The kept (codes, distinct values) of an Arrow array, if any."""
+    hit = _CODES.get(id(arrow))
+    if hit is not None and hit[0]() is arrow:
+        return hit[1], hit[2]
+    return None
+
+
+def remember_codes(arrow: Any, codes: np.ndarray, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep `codes` (int, into `uniq`, pd.factorize's order) for `arrow` while it lives and the
+    budget allows; returns them as kept (int32 and read-only when kept)."""
+    try:
+        ref = weakref.ref(arrow, _forget)
+    except TypeError:  # not weak-referable in this pyarrow: nothing kept
+        return codes, uniq
+    codes = codes.astype(np.int32) if len(uniq) < 2**31 and codes.dtype != np.int32 else codes  # half the bytes
+    if _kept_bytes() + codes.nbytes > CACHE_MAX_BYTES:
+        return codes, uniq
+    codes.flags.writeable = False
+    uniq.flags.writeable = False
+    _CODES[id(arrow)] = (ref, codes, uniq)
+    return codes, uniq
+
+
+def _kept_bytes() -> int:
+    return sum(entry[1].nbytes for entry in _CODES.values())
+
+
+def _forget(ref: weakref.ref) -> None:
+    for key, entry in list(_CODES.items()):
+        if entry[0] is ref:
+            del _CODES[key]
+
+
+def _remember_own_codes(arrow: Any, codes: np.ndarray, texts: np.ndarray) -> None:
+    """Keep the codes pd.factorize gives the column `texts[codes]`: its distinct texts in order of
+    first appearance, found from `codes` (a pass over the rows in C, no text compared)."""
+    n = len(codes)
+    if not n or _kept_bytes() + n * 4 > CACHE_MAX_BYTES:  # no room: not worked out
+        return
+    first = np.full(len(texts), n, dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(n))
+    used = np.flatnonzero(first < n)
+    used = used[np.argsort(first[used], kind="stable")]
+    uniq = np.empty(len(used), dtype=object)
+    uniq[:] = texts[used].tolist()
+    if len(set(uniq.tolist())) != len(uniq):  # equal texts under two codes: pd.factorize would join them
+        return
+    own = np.zeros(len(texts), dtype=np.int32)
+    own[used] = np.arange(len(used), dtype=np.int32)
+    remember_codes(arrow, own[codes], uniq)
