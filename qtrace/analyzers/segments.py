@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qtrace.tracefile.nesting import _stack_sweeps
+
 OUTSIDE = "other"
 
 
@@ -31,6 +33,30 @@ def sweep_segments(starts: np.ndarray, ends: np.ndarray, phases: np.ndarray,
 def sweep_labels(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(segment starts, ends, event index of each segment (an int array), -1 outside every event): `sweep_segments`
     with each segment's event instead of its phase, so a caller can label it by codes.
+
+    The C stack sweep where it is built (one pass), else `sweep_labels_numpy`: the same arrays.
+    A NaN time takes the numpy version, which reads it as it always has.
+    """
+    n = len(starts)
+    starts = np.ascontiguousarray(starts, dtype=np.float64)
+    ends = np.ascontiguousarray(ends, dtype=np.float64)
+    if _stack_sweeps is None or n >= 2**31 or np.isnan(starts).any() or np.isnan(ends).any():
+        return sweep_labels_numpy(starts, ends)
+    seg_s = np.empty(2 * n + 1, dtype=np.float64)
+    labels = np.empty(2 * n + 1, dtype=np.int32)
+    count, last_end = _stack_sweeps.innermost(starts, ends, seg_s, labels)
+    if count == 0:  # what the numpy version gives
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    seg_s = seg_s[:count].copy()  # the room for 2n + 1 segments given back
+    labels = labels[:count].copy()
+    seg_e = np.empty_like(seg_s)  # each segment ends where the next one starts; the last at the end
+    seg_e[:-1] = seg_s[1:]
+    seg_e[-1] = last_end
+    return seg_s, seg_e, labels
+
+
+def sweep_labels_numpy(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`sweep_labels` on a segment tree, level by level (numpy, O(n log n)).
 
     Temporaries are freed as soon as they are read (a few million events at 2 GB of trace: each
     array of the intervals is ~45 MB).

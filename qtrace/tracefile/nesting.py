@@ -14,13 +14,30 @@ from __future__ import annotations
 
 import numpy as np
 
+try:  # the same sweep in C (_stack_sweeps.c), which pip builds where a C compiler is found
+    from qtrace.tracefile import _stack_sweeps
+except ImportError:  # pragma: no cover (no compiler at install time: the numpy version)
+    _stack_sweeps = None
+
 
 def parents(ends: np.ndarray, starts_of_group: np.ndarray, eps: float) -> np.ndarray:
     """Per position i (sweep order), the position of its parent, or -1.
 
     `ends`: range ends in sweep order; `starts_of_group`: per position, the first position of
-    its thread (ranges of other threads are never parents).
+    its thread (ranges of other threads are never parents). The C stack sweep where it is built
+    (one pass), else `parents_numpy`; both give `parents_loop`'s answer. A NaN end (a range
+    without a duration) takes the numpy version, which reads it as it always has.
     """
+    ends = np.ascontiguousarray(ends, dtype=np.float64)
+    if _stack_sweeps is None or np.isnan(ends).any():
+        return parents_numpy(ends, starts_of_group, eps)
+    out = np.empty(len(ends), dtype=np.int64)
+    _stack_sweeps.parents(ends, np.ascontiguousarray(starts_of_group, dtype=np.int64), float(eps), out)
+    return out
+
+
+def parents_numpy(ends: np.ndarray, starts_of_group: np.ndarray, eps: float) -> np.ndarray:
+    """`parents` level by level on a max segment tree (numpy, O(n log n))."""
     n = len(ends)
     out = np.full(n, -1, dtype=np.int64)
     if n < 2:
