@@ -340,6 +340,13 @@ def _contexts_for(trace: Trace, op_rows: np.ndarray) -> pd.DataFrame:
     return table.iloc[_context_rows(trace, op_rows)][cols].reset_index(drop=True)
 
 
+def context_rows(trace: Trace, op_rows: np.ndarray) -> np.ndarray:
+    """Row of the distinct-context table of each op in `op_rows` (all >= 0): ops of one row share
+    every field of `op_contexts`."""
+    _, ctx_of = _context_table(trace)
+    return ctx_of[op_rows]
+
+
 def context_column(trace: Trace, column: str, op_rows: np.ndarray) -> np.ndarray:
     """One column of `op_contexts` at `op_rows` (all >= 0), without building the per-op frame."""
     table, ctx_of = _context_table(trace)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qtrace.analyzers.attribution import context_column, op_phases
+from qtrace.analyzers.attribution import context_column, context_rows, op_phases
 from qtrace.analyzers.distinct import map_distinct, python_strings, shared_objects, string_codes
 from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
@@ -109,8 +109,8 @@ def _quant_op_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     if not n or not len(rows):
         return np.full(len(rows), -1, dtype=np.int64)
-    codes, names = pd.factorize(ops["name"], use_na_sentinel=False)  # an Arrow column's own codes
-    is_quant_op = np.array([str(x).startswith(OP_PREFIXES) for x in names], dtype=bool)[codes]
+    codes, names = string_codes(ops["name"])  # an Arrow column's own codes
+    is_quant_op = np.array([str(x).startswith(OP_PREFIXES) for x in names.tolist()], dtype=bool)[codes]
     parent = ops["parent"].to_numpy()
     # For every op at once, level by level up the tree: a backend op is its own answer, a root that is
     # not one has none, any other op has its parent's (vectorized; a tree has few levels).
@@ -143,20 +143,22 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> dict[str, np.ndarray]:
         return out
     ops = op_phases(trace)
     rows = op_rows[has]
-    phase = shared_objects(ops["phase"])
+    # The kind of each distinct (phase, op context, quant op's phase), worked out on one event of
+    # each and spread over the events by integer codes (no string hashed per event).
+    phase_code, phases = string_codes(ops["phase"])
     quant_op = _quant_op_rows(trace, rows)
-    quant_op_phase = np.where(quant_op >= 0, phase[np.clip(quant_op, 0, None)], "")
-    cols = [phase[rows], context_column(trace, "ops", rows), quant_op_phase]
-    # The kind of each distinct (phase, ops, quant op phase), spread over the events by integer codes.
-    combo = np.zeros(len(rows), dtype=np.int64)
-    for col in cols:
-        codes, uniq = pd.factorize(col, use_na_sentinel=False)
-        combo = combo * max(len(uniq), 1) + codes
+    n_phase = len(phases) + 1  # the last code: no quant op
+    quant_code = np.where(quant_op >= 0, phase_code[np.clip(quant_op, 0, None)], n_phase - 1)
+    context = context_rows(trace, rows)
+    combo = (context * n_phase + phase_code[rows]) * n_phase + quant_code
     _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+    ops_text = context_column(trace, "ops", rows[first])
+    phase_text = np.append(phases, "")
     kind_of = np.empty(len(first), dtype=object)
-    kind_of[:] = [_kind_of(cols[0][i], cols[1][i], cols[2][i]) for i in first.tolist()]
+    kind_of[:] = [_kind_of(phases[phase_code[r]], o, phase_text[q])
+                  for r, o, q in zip(rows[first].tolist(), ops_text.tolist(), quant_code[first].tolist(), strict=True)]
     out["op_name"][has] = shared_objects(ops["name"])[rows]
-    out["phase"][has] = cols[0]
+    out["phase"][has] = phases[phase_code[rows]]
     out["kind"][has] = kind_of[inverse.ravel()]
     return out
 
