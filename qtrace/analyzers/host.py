@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
-from qtrace.analyzers.distinct import shared_objects, string_codes
+from qtrace.analyzers.distinct import string_codes
 from qtrace.analyzers.segments import sweep_labels
 from qtrace.tracefile.kineto import Trace
 from qtrace.tracefile.strings import str_column
@@ -139,7 +139,13 @@ def _on_thread(df: pd.DataFrame, pid: str, tid: str) -> np.ndarray:
     """Rows of `df` on thread (pid, tid), as a bool mask (object compares: no per-row pandas boxing)."""
     if not len(df):
         return np.zeros(0, dtype=bool)
-    return (shared_objects(df["pid"]) == pid) & (shared_objects(df["tid"]) == tid)
+    return _equals(df["pid"], pid) & _equals(df["tid"], tid)
+
+
+def _equals(col: pd.Series, value: str) -> np.ndarray:
+    """``col == value`` per row as a bool array, compared once per distinct value (object compares)."""
+    codes, uniq = string_codes(col)
+    return (uniq == value)[codes] if len(uniq) else np.zeros(len(col), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,7 @@ def _segment_codes(trace: Trace, thread: tuple[str, str]) -> _Segments | None:
     ops = op_phases(trace)
     rt = runtime_phases(trace)
     pid, tid = thread
-    o = _on_thread(ops, pid, tid) & (shared_objects(ops["cat"]) == "cpu_op")
+    o = _on_thread(ops, pid, tid) & _equals(ops["cat"], "cpu_op")
     r = _on_thread(rt, pid, tid)
     if not o.any() and not r.any():
         return None

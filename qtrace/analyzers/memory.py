@@ -146,12 +146,16 @@ def _op_labels(trace: Trace, op_rows: np.ndarray) -> dict[str, np.ndarray]:
     # The kind of each distinct (phase, op context, quant op's phase), worked out on one event of
     # each and spread over the events by integer codes (no string hashed per event).
     phase_code, phases = string_codes(ops["phase"])
-    quant_op = _quant_op_rows(trace, rows)
     n_phase = len(phases) + 1  # the last code: no quant op
+    quant_op = _quant_op_rows(trace, rows)
+    combo = context_rows(trace, rows) * n_phase
+    combo += phase_code[rows]
+    combo *= n_phase
     quant_code = np.where(quant_op >= 0, phase_code[np.clip(quant_op, 0, None)], n_phase - 1)
-    context = context_rows(trace, rows)
-    combo = (context * n_phase + phase_code[rows]) * n_phase + quant_code
+    del quant_op
+    combo += quant_code
     _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+    del combo
     ops_text = context_column(trace, "ops", rows[first])
     phase_text = np.append(phases, "")
     kind_of = np.empty(len(first), dtype=object)

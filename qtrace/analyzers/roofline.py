@@ -44,6 +44,7 @@ Pure pandas, no torch.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from typing import Any
@@ -353,8 +354,9 @@ def units(trace: Trace) -> pd.DataFrame:
     # Back to values; a unit's events share one model, so its first event's is the unit's.
     # Kernel names point at one string per distinct name (cached for the report's life: ~300 bytes
     # a row in Arrow).
-    agg["kernel"] = python_strings(kernels[agg["kernel"].to_numpy()])
-    agg["phase"] = python_strings(phases[agg["phase"].to_numpy()])
+    unit_kernel, unit_phase = agg["kernel"].to_numpy(dtype=np.int32), agg["phase"].to_numpy(dtype=np.int32)
+    agg["kernel"] = python_strings(kernels[unit_kernel])
+    agg["phase"] = python_strings(phases[unit_phase])
     agg["kind"] = python_strings(kinds[agg["kind"].to_numpy()])
     agg["model"] = model_of[gid_first]
     # Per-event work (copies) sums over the unit's events; op-level work counts once.
@@ -393,15 +395,39 @@ def units(trace: Trace) -> pd.DataFrame:
     # A fp32 GEMM run by a TF32 tensor-core kernel is held against a TF32 peak (none in the peak
     # table: then it has no roof), never the fp32 CUDA-core peak it can beat ("128% of roof").
     tf32 = re.compile(TF32_KERNELS)
-    is_tf32 = mask_distinct(agg["kernel"], lambda k: tf32.search(str(k)) is not None)
+    is_tf32 = np.array([tf32.search(str(k)) is not None for k in kernels.tolist()], dtype=bool)[unit_kernel]
     agg["dtype"] = ["tf32" if d == "fp32" and t else d for d, t in zip(rows_d, is_tf32, strict=True)]
     agg["link"] = rows_l
     out = agg.reset_index(drop=True)[UNIT_COLUMNS]
     unit_of_event = np.empty(len(ev), dtype=np.int64)
     unit_of_event[ev.index.to_numpy()] = grouped.ngroup().to_numpy()  # groups number in agg's row order
     cache["roofline_unit_of_event"] = unit_of_event
+    # Each unit's kernel and phase as codes into the distinct names: the per-kernel rows select
+    # units by them (comparing a Python string per unit took as long as building the units).
+    cache["roofline_unit_codes"] = (unit_kernel, kernels, unit_phase, phases)
     cache["roofline_units"] = out
     return out
+
+
+def _unit_codes(trace: Trace, u: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(kernel code, kernel names, phase code, phase names) of each row of `units(trace)`."""
+    cached = trace.__dict__.get("_qtrace_cache", {}).get("roofline_unit_codes")
+    if cached is not None and len(cached[0]) == len(u):
+        return cached
+    kernel_code, kernels = pd.factorize(shared_objects(u["kernel"]), use_na_sentinel=False)
+    phase_code, phases = pd.factorize(shared_objects(u["phase"]), use_na_sentinel=False)
+    return kernel_code, np.asarray(kernels, dtype=object), phase_code, np.asarray(phases, dtype=object)
+
+
+def _bounded_units(trace: Trace, peaks: Peaks) -> pd.DataFrame:
+    """`unit_bounds(units(trace), peaks)`, worked out once per trace and peaks."""
+    cache = trace.__dict__.setdefault("_qtrace_cache", {})
+    hit = cache.get("roofline_bounded_units")
+    if hit is not None and hit[0] == peaks and hit[1] is units(trace):
+        return hit[2]
+    u = unit_bounds(units(trace), peaks)
+    cache["roofline_bounded_units"] = (copy.deepcopy(peaks), units(trace), u)  # a copy: a caller may change its own
+    return u
 
 
 def _key_groups(columns: list[np.ndarray]) -> np.ndarray:
@@ -418,7 +444,7 @@ def release(trace: Trace) -> None:
     """Drop the units cached on `trace` (the next call builds them again); the report calls it once
     its roofline section is built."""
     cache = trace.__dict__.get("_qtrace_cache", {})
-    for key in ("roofline_units", "roofline_unit_of_event"):
+    for key in ("roofline_units", "roofline_unit_of_event", "roofline_unit_codes", "roofline_bounded_units"):
         cache.pop(key, None)
 
 
@@ -581,12 +607,11 @@ def phase_roofline(trace: Trace, peaks: Peaks | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=["phase", *RATE_COLUMNS])
     gpu = gpu_phases(trace)
     totals = gpu.groupby("phase")["dur"].sum()
-    u = unit_bounds(u, peaks)
-    unit_phase = shared_objects(u["phase"])
-    u = u[_RATE_INPUTS]  # each phase's selection copies only what rate_row reads (not the kernel names)
+    _, _, phase_code, phases = _unit_codes(trace, u)
+    u = _bounded_units(trace, peaks)[_RATE_INPUTS]  # each phase's selection copies only what rate_row reads
     rows = []
     for phase in [p for p in PHASE_ORDER if p in totals.index]:
-        rows.append({"phase": phase, **rate_row(u[unit_phase == phase], peaks, float(totals[phase]))})
+        rows.append({"phase": phase, **rate_row(u[(phases == phase)[phase_code]], peaks, float(totals[phase]))})
     return pd.DataFrame(rows, columns=["phase", *RATE_COLUMNS])
 
 
@@ -600,12 +625,11 @@ def kernel_roofline(trace: Trace, peaks: Peaks | None = None, top: int | None = 
     totals = u.groupby(["kernel", "phase"], sort=False)["gpu_us"].sum().sort_values(ascending=False, kind="stable")
     if top:
         totals = totals.head(top)
-    u = unit_bounds(u, peaks)
-    unit_kernel, unit_phase = shared_objects(u["kernel"]), shared_objects(u["phase"])
-    u = u[[*_RATE_INPUTS, "model"]]  # each kernel's selection copies only what is read (not the kernel names)
+    kernel_code, kernels, phase_code, phases = _unit_codes(trace, u)
+    u = _bounded_units(trace, peaks)[[*_RATE_INPUTS, "model"]]  # each kernel's selection copies only what is read
     rows = []
     for (kernel, phase), _ in totals.items():
-        sel = u[(unit_kernel == kernel) & (unit_phase == phase)]
+        sel = u[(kernels == kernel)[kernel_code] & (phases == phase)[phase_code]]
         models = sel["model"].dropna().unique()
         rows.append({"kernel": kernel, "phase": phase, "model": ",".join(sorted(models)) or None,
                      **rate_row(sel, peaks)})

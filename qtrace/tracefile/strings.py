@@ -91,9 +91,9 @@ def str_column(values: np.ndarray) -> Any:
 # Several analyzers factorize the same columns (a trace's op names five times per report): the
 # codes are kept per Arrow array, and a column built here from codes starts with them known.
 
-# At most this many bytes of codes are kept: a 407 MB trace's loaded and labelled columns fill
-# 15 MB of it; on the 2 GB trace, whose peak RSS must stay under 1.5 GB, keeping every column's
-# added 67 MB (docs/robustness.md).
+# At most this many bytes of codes are kept: a 407 MB trace's loaded and labelled columns would
+# take 20 MiB (at 16 MiB its ops' phases are factorized twice more, ~20 ms); on the 2 GB trace,
+# whose peak RSS must stay under 1.5 GB, each MiB more is one more of its peak (docs/robustness.md).
 CACHE_MAX_BYTES = 16 << 20
 
 # id of an Arrow array -> (weak reference to it, codes, distinct values); an entry goes with its array.

@@ -157,6 +157,16 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
     col_dequant_of_mixed = {int(parent[r]): int(r) for r in col_dequant
                             if parent[r] >= 0 and names[parent[r]] == MIXED_OP}
 
+    # Shapes are read once per distinct Input Dims text (equal texts are one object in the table):
+    # thousands of calls, a few dozen distinct shapes.
+    shapes: dict[tuple[Any, int], list[int] | None] = {}
+
+    def shape(row: int, i: int) -> list[int] | None:
+        key = (dims_col[row], i)
+        if key not in shapes:
+            shapes[key] = _shape(_decode(dims_col[row]), i)
+        return shapes[key]
+
     rows = []
     for cid, c in enumerate(calls):
         anchor = c["matmul"] if c["matmul"] is not None else c["quant"]
@@ -165,25 +175,24 @@ def outlier_calls(trace: Trace) -> pd.DataFrame:
         T = K = N = k = None
         k_source = None
         if mm is not None:
-            d = _decode(dims_col[mm])
-            a = _shape(d, 0)
-            b = _shape(d, 2 if decomposed else 1)
+            a = shape(mm, 0)
+            b = shape(mm, 2 if decomposed else 1)
             if a:
                 T, K = math.prod(a[:-1]) if len(a) > 1 else 1, a[-1]  # exact ints (np.prod: int64, slower per call)
             if b:
                 N = b[0]
             if decomposed:
-                cols = _shape(d, 5)
+                cols = shape(mm, 5)
                 if cols is not None and len(cols) == 1:
                     k, k_source = int(cols[0]), "int8_mixed_scaled_mm outlier_cols"
                 elif mm in col_dequant_of_mixed:
-                    w = _shape(_decode(dims_col[col_dequant_of_mixed[mm]]), 0)
+                    w = shape(col_dequant_of_mixed[mm], 0)
                     if w and len(w) == 2:
                         k, k_source = int(w[1]), "int8_vectorwise_dequant [N, k]"
             else:
                 k, k_source = 0, "no decomposition (int8_scaled_mm)"
         elif c["quant"] is not None:
-            a = _shape(_decode(dims_col[c["quant"]]), 0)
+            a = shape(c["quant"], 0)
             if a:
                 T, K = math.prod(a[:-1]) if len(a) > 1 else 1, a[-1]  # exact ints (np.prod: int64, slower per call)
         module, module_class = _module_of(names, parent, anchor)
@@ -211,20 +220,35 @@ def _steps(trace: Trace, rows: list[int]) -> tuple[list[int], list[str]]:
     qrows = np.nonzero(is_qstep)[0]
     qrows = qrows[np.argsort(ops["ts"].to_numpy(dtype=float)[qrows], kind="stable")]
     ordinal = {int(r): i for i, r in enumerate(qrows)}
+    # Each op's answer is its own (a step range) or its parent's: kept per op on the way up, so
+    # the ranges above thousands of calls are read once.
+    known: dict[int, tuple[int, str]] = {}
     steps, step_names = [], []
     for r in rows:
-        step, step_name = -1, ""
-        for a in [r, *_ancestors(parent, r)]:
+        path = []
+        a = int(r)
+        while True:
+            if a < 0:
+                found = (-1, "")
+                break
+            if a in known:
+                found = known[a]
+                break
             name = names[a]
             if a in ordinal:
-                step, step_name = ordinal[a], name[len("qtrace.step:"):]
-                break
-            m = _STEP_RE.match(name) if isinstance(name, str) else None
-            if m:
-                step = int(m.group(1))
-                break
-        steps.append(step)
-        step_names.append(step_name)
+                found = (ordinal[a], name[len("qtrace.step:"):])
+            elif isinstance(name, str) and (m := _STEP_RE.match(name)):
+                found = (int(m.group(1)), "")
+            else:
+                path.append(a)
+                a = int(parent[a])
+                continue
+            known[a] = found
+            break
+        for b in path:
+            known[b] = found
+        steps.append(found[0])
+        step_names.append(found[1])
     return steps, step_names
 
 
