@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import reference_analyzers as ref
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qtrace.analyzers import memory
+from qtrace.analyzers.distinct import python_strings
 from qtrace.tracefile.kineto import TraceFormatError, load_trace
 
 TRACES = sorted((Path(__file__).resolve().parent.parent / "traces").glob("*.json.gz"))
@@ -71,3 +73,32 @@ def test_random_memory_events(tmp_path, seed, n):
     except TraceFormatError:  # no events at all
         return
     assert_same_memory(trace)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 400))
+@settings(max_examples=60, deadline=None)
+def test_phase_sums_equal_the_group_bys(seed: int, n: int) -> None:
+    """memory._phase_sums (integer codes) against the group-bys memory_phase_table used, ties included:
+    byte counts from a few multiples of 512, so that kinds often tie within a phase."""
+    rng = np.random.default_rng(seed)
+    phase = np.empty(n, dtype=object)
+    phase[:] = rng.choice(["b", "a", "int8.quantize", "z", "other"], n).tolist()
+    kind = np.empty(n, dtype=object)
+    kind[:] = rng.choice(["k1", "k0", "GEMM output", "copies"], n).tolist()
+    a = pd.DataFrame({"phase": python_strings(phase), "kind": python_strings(kind),
+                      "bytes": rng.integers(0, 10, n) * 512})
+    for col in ("transient", "at_peak", "at_end"):
+        a[col] = np.where(rng.random(n) < 0.5, a["bytes"], 0)
+    got, by_kind = memory._phase_sums(a)
+    want = a.groupby("phase").agg(allocs=("bytes", "size"), alloc_bytes=("bytes", "sum"),
+                                  transient_bytes=("transient", "sum"), live_at_peak_bytes=("at_peak", "sum"),
+                                  live_at_end_bytes=("at_end", "sum"))
+    pd.testing.assert_frame_equal(got, want, check_index_type=False)
+    want_kind = a.groupby(["phase", "kind"])["bytes"].sum()
+    pd.testing.assert_series_equal(by_kind, want_kind, check_index_type=False)
+
+    def top_kind(s: pd.Series) -> dict:
+        top = s.sort_values(ascending=False).reset_index().drop_duplicates("phase")
+        return top.set_index("phase")["kind"].to_dict()
+
+    assert top_kind(by_kind) == top_kind(want_kind)

@@ -515,8 +515,47 @@ def _occurrence_increments(dm: DeviceMemory) -> pd.Series:
     nbytes = ev["bytes"].to_numpy(dtype=np.int64)
     top = np.maximum.reduceat(dm.level, first)
     inc = np.clip(top - (dm.level[first] - nbytes[first]), 0, None)
-    runs = pd.DataFrame({"phase": np.asarray(uniq, dtype=object)[codes[first]], "inc": inc})
-    return runs.groupby("phase")["inc"].max()
+    # The largest of each phase's runs, by code; then by phase name, as a group-by sorts them.
+    run_code = codes[first]
+    largest = np.full(len(uniq), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(largest, run_code, inc)
+    present = np.unique(run_code)
+    names = np.asarray(uniq, dtype=object)[present]
+    order = np.argsort(names, kind="stable")
+    return pd.Series(largest[present][order], index=pd.Index(names[order], dtype=object, name="phase"),
+                     name="inc")
+
+
+def _phase_sums(a: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """What ``a.groupby("phase")`` gives as allocs and the sums of bytes, transient, at_peak and
+    at_end, and ``a.groupby(["phase", "kind"])["bytes"].sum()``: summed by integer codes (exact
+    int64 sums), rows in the group-bys' order (names sorted), without a group-by of strings."""
+    phase_code, phases = pd.factorize(a["phase"].to_numpy(dtype=object), use_na_sentinel=False)
+    kind_code, kinds = pd.factorize(a["kind"].to_numpy(dtype=object), use_na_sentinel=False)
+    phases, kinds = np.asarray(phases, dtype=object), np.asarray(kinds, dtype=object)
+    phase_rank = np.empty(len(phases), dtype=np.int64)
+    phase_rank[np.argsort(phases, kind="stable")] = np.arange(len(phases))
+    kind_rank = np.empty(len(kinds), dtype=np.int64)
+    kind_rank[np.argsort(kinds, kind="stable")] = np.arange(len(kinds))
+
+    def summed(code: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+        out = np.zeros(n, dtype=np.int64)
+        np.add.at(out, code, values)
+        return out
+
+    order = np.argsort(phase_rank)  # phase codes in name order (every phase of `a` is present)
+    cols = {"allocs": np.bincount(phase_code, minlength=len(phases)).astype(np.int64)}
+    for name, col in (("alloc_bytes", "bytes"), ("transient_bytes", "transient"), ("live_at_peak_bytes", "at_peak"),
+                      ("live_at_end_bytes", "at_end")):
+        cols[name] = summed(phase_code, len(phases), a[col].to_numpy(dtype=np.int64))
+    g = pd.DataFrame({k: v[order] for k, v in cols.items()}, index=pd.Index(phases[order], name="phase"))
+    pair = phase_code.astype(np.int64) * max(len(kinds), 1) + kind_code
+    pairs = np.unique(pair)
+    pair_bytes = summed(np.searchsorted(pairs, pair), len(pairs), a["bytes"].to_numpy(dtype=np.int64))
+    p, k = np.divmod(pairs, max(len(kinds), 1))
+    by_name = np.lexsort((kind_rank[k], phase_rank[p]))
+    index = pd.MultiIndex.from_arrays([phases[p[by_name]], kinds[k[by_name]]], names=["phase", "kind"])
+    return g, pd.Series(pair_bytes[by_name], index=index, name="bytes")
 
 
 def memory_phase_table(trace: Trace, device: str | None = None) -> pd.DataFrame:
@@ -531,11 +570,8 @@ def memory_phase_table(trace: Trace, device: str | None = None) -> pd.DataFrame:
     a["transient"] = np.where(closed >= 0, a["bytes"], 0)
     a["at_peak"] = np.where(dm.live_mask(dm.peak_pos)[alloc], a["bytes"], 0)
     a["at_end"] = np.where(closed < 0, a["bytes"], 0)
-    g = a.groupby("phase").agg(allocs=("bytes", "size"), alloc_bytes=("bytes", "sum"),
-                               transient_bytes=("transient", "sum"), live_at_peak_bytes=("at_peak", "sum"),
-                               live_at_end_bytes=("at_end", "sum"))
-    g["kind"] = a.groupby(["phase", "kind"])["bytes"].sum().sort_values(ascending=False).reset_index() \
-        .drop_duplicates("phase").set_index("phase")["kind"]
+    g, by_kind = _phase_sums(a)
+    g["kind"] = by_kind.sort_values(ascending=False).reset_index().drop_duplicates("phase").set_index("phase")["kind"]
     inc = _occurrence_increments(dm)
     g = g.reindex(sorted(set(g.index) | set(inc.index), key=_phase_rank))
     g["peak_increment_bytes"] = inc.reindex(g.index).fillna(0)
