@@ -99,3 +99,19 @@ def test_loaded_traces_equal_without_the_c_sweeps(path: Path, monkeypatch: pytes
         pd.testing.assert_frame_equal(getattr(fast, name), getattr(slow, name), check_exact=True)
     pd.testing.assert_frame_equal(host._self_segments(fast, thread), want, check_exact=True)
     assert len(want) > 100  # the segments were really compared
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 60), st.booleans())
+@SWEEPS
+def test_sweep_order_equals_lexsort(seed: int, n: int, with_nan: bool) -> None:
+    """nesting.sweep_order against the np.lexsort it replaces: ties of start, kind and end, NaNs."""
+    rng = np.random.default_rng(seed)
+    ts = rng.integers(0, int(rng.integers(1, 20)), n).astype(float)
+    end = ts + rng.integers(-2, 6, n)
+    if with_nan and n:
+        end[rng.integers(0, n)] = np.nan
+        ts[rng.integers(0, n)] = np.nan
+    kind = rng.integers(0, 3, n).astype(np.int8)
+    group = rng.integers(0, 4, n)
+    assert nesting.sweep_order(ts, end).tolist() == np.lexsort((-end, ts)).tolist()
+    assert nesting.sweep_order(ts, end, kind, group).tolist() == np.lexsort((-end, kind, ts, group)).tolist()

