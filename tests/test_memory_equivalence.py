@@ -102,3 +102,18 @@ def test_phase_sums_equal_the_group_bys(seed: int, n: int) -> None:
         return top.set_index("phase")["kind"].to_dict()
 
     assert top_kind(by_kind) == top_kind(want_kind)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 80), st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_device_time_order_equals_the_stable_sort(seed: int, n: int, far_ids: bool) -> None:
+    """memory._device_time_order against the pandas sort it replaces: ties, NaN times, ids far apart."""
+    rng = np.random.default_rng(seed)
+    device_type = rng.choice([-1, 0, 1], n).astype(np.int64)
+    device_id = rng.choice([-1, 0, 3, 7], n).astype(np.int64) * (100_000 if far_ids else 1)
+    ts = rng.integers(0, 10, n).astype(float)
+    if n:
+        ts[rng.integers(0, n, 2)] = np.nan
+    want = pd.DataFrame({"device_type": device_type, "device_id": device_id, "ts": ts}) \
+        .sort_values(["device_type", "device_id", "ts"], kind="stable").index.to_numpy()
+    assert memory._device_time_order(device_type, device_id, ts).tolist() == want.tolist()
