@@ -115,3 +115,5 @@ def test_sweep_order_equals_lexsort(seed: int, n: int, with_nan: bool) -> None:
     group = rng.integers(0, 4, n)
     assert nesting.sweep_order(ts, end).tolist() == np.lexsort((-end, ts)).tolist()
     assert nesting.sweep_order(ts, end, kind, group).tolist() == np.lexsort((-end, kind, ts, group)).tolist()
+    far = group * 70_000 - 1  # groups beyond a 16-bit radix sort, and negative
+    assert nesting.sweep_order(ts, end, kind, far).tolist() == np.lexsort((-end, kind, ts, far)).tolist()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases, op_phases, runtime_phases, window
-from qtrace.analyzers.distinct import string_codes
+from qtrace.analyzers.distinct import mask_distinct, string_codes
 from qtrace.analyzers.segments import sweep_labels
 from qtrace.tracefile.kineto import Trace
 from qtrace.tracefile.nesting import sweep_order
@@ -137,16 +137,10 @@ def cpu_only_verdict(trace: Trace, comm_us: float) -> str:
 
 
 def _on_thread(df: pd.DataFrame, pid: str, tid: str) -> np.ndarray:
-    """Rows of `df` on thread (pid, tid), as a bool mask (object compares: no per-row pandas boxing)."""
+    """Rows of `df` on thread (pid, tid), as a bool mask (compared once per distinct pid and tid)."""
     if not len(df):
         return np.zeros(0, dtype=bool)
-    return _equals(df["pid"], pid) & _equals(df["tid"], tid)
-
-
-def _equals(col: pd.Series, value: str) -> np.ndarray:
-    """``col == value`` per row as a bool array, compared once per distinct value (object compares)."""
-    codes, uniq = string_codes(col)
-    return (uniq == value)[codes] if len(uniq) else np.zeros(len(col), dtype=bool)
+    return mask_distinct(df["pid"], lambda v: v == pid) & mask_distinct(df["tid"], lambda v: v == tid)
 
 
 @dataclass(frozen=True)
@@ -185,7 +179,7 @@ def _segment_codes(trace: Trace, thread: tuple[str, str]) -> _Segments | None:
     ops = op_phases(trace)
     rt = runtime_phases(trace)
     pid, tid = thread
-    o = _on_thread(ops, pid, tid) & _equals(ops["cat"], "cpu_op")
+    o = _on_thread(ops, pid, tid) & mask_distinct(ops["cat"], lambda v: v == "cpu_op")
     r = _on_thread(rt, pid, tid)
     if not o.any() and not r.any():
         return None

@@ -41,6 +41,7 @@ from qtrace.analyzers.phase_rules import PHASE_ORDER, group_of
 from qtrace.backends import BACKENDS, OP_PREFIXES, KindRule
 from qtrace.markup import md_escape, md_table
 from qtrace.tracefile.kineto import Trace
+from qtrace.tracefile.nesting import group_start_order
 from qtrace.tracefile.strings import text_column
 
 RESIDENT = "resident"  # bytes allocated before the profiled window and still live
@@ -218,15 +219,11 @@ def memory_events(trace: Trace) -> pd.DataFrame:
 
 def _device_time_order(device_type: np.ndarray, device_id: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Positions sorted by (device_type, device_id, ts), stable, NaN times last in their device: what
-    ``sort_values([...], kind="stable")`` gives, as a stable sort of the times (they come nearly
-    sorted: about one pass) and then of a small device key."""
-    order = np.argsort(ts, kind="stable")
-    if not len(order):
-        return order
+    ``sort_values([...], kind="stable")`` gives, as `group_start_order` with one small device key."""
+    if not len(ts):
+        return np.zeros(0, dtype=np.intp)
     width = int(device_id.max() - device_id.min()) + 1
-    key = (device_type - device_type.min()) * width + (device_id - device_id.min())
-    key = key[order]
-    return order[np.argsort(key.astype(np.uint16) if key.max() < 2**16 else key, kind="stable")]
+    return group_start_order(ts, (device_type - device_type.min()) * width + (device_id - device_id.min()))
 
 
 def _device_starts(device_type: np.ndarray, device_id: np.ndarray) -> np.ndarray:

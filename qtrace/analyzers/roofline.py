@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from qtrace.analyzers.attribution import gpu_phases
-from qtrace.analyzers.distinct import python_strings, shared_objects, string_codes
+from qtrace.analyzers.distinct import mask_distinct, python_strings, shared_objects, string_codes
 from qtrace.analyzers.phase_rules import PHASE_ORDER
 from qtrace.analyzers.shapes import (
     DTYPE_KIND,
@@ -314,12 +314,9 @@ def units(trace: Trace) -> pd.DataFrame:
     phase_code, phases = string_codes(gpu["phase"])
     kind, kname = kinds[kind_code], kernels[kernel_code]
     is_copy = np.isin(kind, ["gpu_memcpy", "gpu_memset"])
-    if len(ops):  # per distinct op name, then spread over the events (no per-event factorize)
-        name_code, names = string_codes(ops["name"])
-        quant_name = np.array([isinstance(n, str) and n.startswith(OP_PREFIXES) for n in names.tolist()], dtype=bool)
-        is_quant_op = has_op & quant_name[name_code[safe]]
-    else:
-        is_quant_op = np.zeros(len(gpu), dtype=bool)
+    # Per distinct op name, then spread over the events (no per-event factorize).
+    quant_name = mask_distinct(ops["name"], lambda n: isinstance(n, str) and n.startswith(OP_PREFIXES))
+    is_quant_op = has_op & quant_name[safe] if len(ops) else np.zeros(len(gpu), dtype=bool)
     context_col = _backend_context(trace, op_rows, op_name, has_op)
     raw_bytes = gpu["bytes"].to_numpy(dtype=object) if "bytes" in gpu else np.full(len(gpu), None, dtype=object)
     keys = {
